@@ -1,0 +1,207 @@
+//! The [`Broker`] trait every adapter implements, and its options, statistics and errors.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+
+use crate::delivery::Delivery;
+use crate::message::Message;
+use crate::names::{MessageId, QueueName};
+
+/// A boxed error from a broker client or user code.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The deliveries of one consumer, in the order the broker hands them out.
+///
+/// Dropping the stream stops consuming; deliveries the broker buffered for it and that were
+/// not yet yielded go back to the queue.
+pub type DeliveryStream = BoxStream<'static, Result<Delivery, BrokerError>>;
+
+/// A message broker, seen through longshore's vocabulary.
+///
+/// Object-safe: the runtime holds an `Arc<dyn Broker>` and never knows which broker it is.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// The OpenTelemetry `messaging.system` value: `memory`, `rabbitmq` or `aws_sqs`.
+    fn system(&self) -> &'static str;
+
+    /// Creates the queue and what it needs (its dead-letter queue, delay queues), or checks
+    /// that what exists matches; idempotent.
+    async fn declare(&self, queue: &QueueName, options: &QueueOptions) -> Result<(), BrokerError>;
+
+    /// Checks, without creating anything, that the queue and its dead-letter target exist.
+    async fn verify(&self, queue: &QueueName) -> Result<(), BrokerError>;
+
+    /// Publishes a message; returns once the broker has it (confirmed), or an error if the
+    /// queue does not exist. Never a silent drop.
+    async fn publish(&self, queue: &QueueName, message: Message) -> Result<(), BrokerError>;
+
+    /// Starts consuming `queue`.
+    async fn consume(
+        &self,
+        queue: &QueueName,
+        options: &ConsumeOptions,
+    ) -> Result<DeliveryStream, BrokerError>;
+
+    /// How many messages the queue holds, by state.
+    async fn stats(&self, queue: &QueueName) -> Result<QueueStats, BrokerError>;
+}
+
+/// Whether a worker creates its queues or only plugs into existing ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Topology {
+    /// Create the work queue, its dead-letter queue and delay queues if missing.
+    #[default]
+    Declare,
+    /// Create nothing; fail at start-up with a clear message when something is missing.
+    Verify,
+}
+
+/// What a declared queue looks like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueOptions {
+    /// Declare a dead-letter queue (`<queue>.dlq`) for it. Default: true.
+    pub dead_letter_queue: bool,
+    /// How long a received message stays invisible before redelivery (SQS, memory).
+    /// Default: 30 s.
+    pub visibility_timeout: Duration,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            dead_letter_queue: true,
+            visibility_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl QueueOptions {
+    /// Sets the visibility timeout.
+    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
+        self.visibility_timeout = timeout;
+        self
+    }
+
+    /// Declares (or not) a dead-letter queue.
+    pub fn dead_letter_queue(mut self, yes: bool) -> Self {
+        self.dead_letter_queue = yes;
+        self
+    }
+}
+
+/// How a consumer receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumeOptions {
+    /// Deliveries the broker may hand out ahead of settlement (AMQP `basic.qos`, SQS batch
+    /// size). The runtime ties it to its concurrency limit.
+    pub prefetch: u16,
+    /// Lease for each delivery, where the broker leases them (SQS, memory). `None`: the
+    /// queue's own visibility timeout.
+    pub visibility_timeout: Option<Duration>,
+}
+
+impl Default for ConsumeOptions {
+    fn default() -> Self {
+        Self {
+            prefetch: 10,
+            visibility_timeout: None,
+        }
+    }
+}
+
+impl ConsumeOptions {
+    /// Sets the prefetch.
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    /// Sets the per-delivery lease.
+    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
+        self.visibility_timeout = Some(timeout);
+        self
+    }
+}
+
+/// How many messages a queue holds, by state; `None` where the broker cannot say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Ready to be delivered now.
+    pub ready: u64,
+    /// Waiting for a delay to pass.
+    pub delayed: Option<u64>,
+    /// Delivered and not yet settled.
+    pub in_flight: Option<u64>,
+    /// In the queue's dead-letter queue.
+    pub dead_lettered: Option<u64>,
+}
+
+impl QueueStats {
+    /// Every message the queue and its dead-letter queue hold, in any state.
+    pub fn total(&self) -> u64 {
+        self.ready
+            + self.delayed.unwrap_or(0)
+            + self.in_flight.unwrap_or(0)
+            + self.dead_lettered.unwrap_or(0)
+    }
+}
+
+/// What went wrong talking to a broker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The queue is missing.
+    #[error(
+        "queue `{queue}` does not exist; declare it (Topology::Declare) or create it on the broker"
+    )]
+    QueueNotFound {
+        /// The queue.
+        queue: QueueName,
+    },
+    /// The queue exists but lacks something longshore needs, or differs from what was asked.
+    #[error("queue `{queue}` does not fit: {problem}")]
+    Topology {
+        /// The queue.
+        queue: QueueName,
+        /// What is missing or different, and how to fix it.
+        problem: String,
+    },
+    /// The delivery is no longer ours to settle.
+    #[error(
+        "message `{message_id}` from queue `{queue}` is no longer held by this worker (its lease expired or its connection closed); the broker redelivers it"
+    )]
+    LeaseLost {
+        /// The queue.
+        queue: QueueName,
+        /// The message.
+        message_id: MessageId,
+    },
+    /// The message cannot be published as it is.
+    #[error("message `{message_id}` cannot be published: {problem}")]
+    InvalidMessage {
+        /// The message.
+        message_id: MessageId,
+        /// Why, and how to fix it.
+        problem: String,
+    },
+    /// The broker connection failed or closed; the operation may succeed after reconnecting.
+    #[error("broker connection failed: {0}")]
+    Connection(#[source] BoxError),
+    /// The broker was shut down by this process.
+    #[error("the broker client was closed")]
+    Closed,
+    /// Any other broker or client error.
+    #[error("broker error: {0}")]
+    Other(#[source] BoxError),
+}
+
+impl BrokerError {
+    /// Whether retrying the same operation later may succeed (connection trouble).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BrokerError::Connection(_))
+    }
+}

@@ -1,0 +1,182 @@
+//! [`Delivery`]: one received message and the only ways it can be settled.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::broker::BrokerError;
+use crate::message::Message;
+use crate::names::{Attempt, QueueName};
+
+/// How a delivery ends. Each broker adapter maps these to its native operations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// Done; the broker forgets the message. AMQP `basic.ack`; SQS `DeleteMessage` (batched).
+    Ack,
+    /// Run it again no sooner than `delay`. AMQP: republish to a delay queue (confirmed),
+    /// then ack; SQS: `ChangeMessageVisibility` to the delay.
+    Retry {
+        /// The least time before the next attempt.
+        delay: Duration,
+    },
+    /// Give up: move it to the dead-letter queue with the reason in its headers.
+    DeadLetter {
+        /// Why, in a sentence a person can act on.
+        reason: String,
+    },
+    /// Hand it back untouched, for shutdown. AMQP `basic.nack(requeue=true)`; SQS visibility 0.
+    Release,
+}
+
+impl Settlement {
+    /// A short lowercase name for logs and metrics: `ack`, `retry`, `dead_letter`, `release`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Settlement::Ack => "ack",
+            Settlement::Retry { .. } => "retry",
+            Settlement::DeadLetter { .. } => "dead_letter",
+            Settlement::Release => "release",
+        }
+    }
+}
+
+/// The broker side of one delivery, implemented by each adapter.
+///
+/// [`Delivery`] calls [`settle`](Acknowledger::settle) at most once; adapters need not guard
+/// against a second call.
+#[async_trait]
+pub trait Acknowledger: Send + Sync + 'static {
+    /// Settles the delivery of `message` (received as `attempt`) on the broker.
+    async fn settle(
+        &self,
+        message: &Message,
+        attempt: Attempt,
+        settlement: Settlement,
+    ) -> Result<(), BrokerError>;
+
+    /// Keeps the delivery invisible to other consumers for `by` from now (SQS heartbeat).
+    /// A no-op where the broker holds the message for the life of the consumer (AMQP).
+    async fn extend(&self, by: Duration) -> Result<(), BrokerError>;
+}
+
+/// One received message plus what the broker knows of it, settled exactly once.
+///
+/// Settling consumes the delivery, so a double ack does not compile; a failed settle hands
+/// the delivery back inside the [`SettleError`].
+pub struct Delivery {
+    message: Message,
+    attempt: Attempt,
+    queue: QueueName,
+    lease: Option<Duration>,
+    acknowledger: Box<dyn Acknowledger>,
+}
+
+impl Delivery {
+    /// A delivery of `message` from `queue`, the broker's `attempt`-th delivery of it.
+    pub fn new(
+        message: Message,
+        attempt: Attempt,
+        queue: QueueName,
+        acknowledger: Box<dyn Acknowledger>,
+    ) -> Self {
+        Self {
+            message,
+            attempt,
+            queue,
+            lease: None,
+            acknowledger,
+        }
+    }
+
+    /// Marks the delivery as leased for `lease` (its visibility timeout): the runtime then
+    /// extends it while the job runs. Brokers that hold deliveries per consumer leave it unset.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// Which delivery of the message this is, as the broker counts.
+    pub fn attempt(&self) -> Attempt {
+        self.attempt
+    }
+
+    /// The queue it came from.
+    pub fn queue(&self) -> &QueueName {
+        &self.queue
+    }
+
+    /// The visibility timeout it was received with, if the broker leases deliveries.
+    pub fn lease(&self) -> Option<Duration> {
+        self.lease
+    }
+
+    /// Settles the delivery as `settlement`.
+    pub async fn settle(self, settlement: Settlement) -> Result<(), SettleError> {
+        match self
+            .acknowledger
+            .settle(&self.message, self.attempt, settlement)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(error) => Err(SettleError {
+                delivery: Box::new(self),
+                error,
+            }),
+        }
+    }
+
+    /// Done: the broker forgets the message.
+    pub async fn ack(self) -> Result<(), SettleError> {
+        self.settle(Settlement::Ack).await
+    }
+
+    /// Runs it again no sooner than `delay`.
+    pub async fn retry(self, delay: Duration) -> Result<(), SettleError> {
+        self.settle(Settlement::Retry { delay }).await
+    }
+
+    /// Moves it to the dead-letter queue with `reason`.
+    pub async fn dead_letter(self, reason: impl Into<String>) -> Result<(), SettleError> {
+        self.settle(Settlement::DeadLetter {
+            reason: reason.into(),
+        })
+        .await
+    }
+
+    /// Hands it back untouched, for shutdown.
+    pub async fn release(self) -> Result<(), SettleError> {
+        self.settle(Settlement::Release).await
+    }
+
+    /// Keeps it invisible to other consumers for `by` from now (SQS heartbeat; no-op on AMQP).
+    pub async fn extend(&self, by: Duration) -> Result<(), BrokerError> {
+        self.acknowledger.extend(by).await
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("queue", &self.queue)
+            .field("message_id", &self.message.id)
+            .field("job", &self.message.job)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A settlement the broker did not take; the delivery comes back so nothing is lost.
+#[derive(Debug, thiserror::Error)]
+#[error("could not settle message `{}` from queue `{}`: {error}", .delivery.message.id, .delivery.queue)]
+pub struct SettleError {
+    /// The delivery, still unsettled.
+    pub delivery: Box<Delivery>,
+    /// What the broker said.
+    pub error: BrokerError,
+}

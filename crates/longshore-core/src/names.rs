@@ -1,0 +1,141 @@
+//! Newtypes for the names and numbers that are easy to mix up.
+
+use std::fmt;
+use std::sync::Arc;
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Wraps a name.
+            pub fn new(name: impl AsRef<str>) -> Self {
+                Self(Arc::from(name.as_ref()))
+            }
+
+            /// The name as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), &*self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(name: &str) -> Self {
+                Self::new(name)
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(name: String) -> Self {
+                Self(Arc::from(name))
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+name_type!(
+    /// The name of a queue on the broker (an AMQP queue name, an SQS queue name or URL).
+    QueueName
+);
+
+name_type!(
+    /// The stable name of a job type, carried in the `longshore-job` header; handlers are found by it.
+    JobName
+);
+
+name_type!(
+    /// A message's unique id: set by the producer, kept across retries and dead-lettering.
+    MessageId
+);
+
+impl MessageId {
+    /// A fresh, time-ordered id (UUID v7).
+    pub fn generate() -> Self {
+        Self::new(uuid::Uuid::now_v7().to_string())
+    }
+}
+
+impl QueueName {
+    /// The name of this queue's dead-letter queue when longshore declares it: `<queue>.dlq`.
+    pub fn dead_letter_queue(&self) -> QueueName {
+        QueueName::new(format!("{}.dlq", self.0))
+    }
+}
+
+/// Which delivery of a message this is, counted by the broker and starting at 1.
+///
+/// It comes from the broker (AMQP: longshore's attempt header or `x-delivery-count`; SQS:
+/// `ApproximateReceiveCount`), never from worker memory, so it survives worker restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Attempt(u32);
+
+impl Attempt {
+    /// The first delivery.
+    pub const FIRST: Attempt = Attempt(1);
+
+    /// An attempt number; 0 is read as 1 (a broker that counts from zero).
+    pub fn new(n: u32) -> Self {
+        Self(n.max(1))
+    }
+
+    /// The number, 1 for the first delivery.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The attempt after this one.
+    pub fn next(self) -> Attempt {
+        Attempt(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_counts_from_one() {
+        assert_eq!(Attempt::new(0), Attempt::FIRST);
+        assert_eq!(Attempt::FIRST.next().get(), 2);
+        assert_eq!(Attempt::new(u32::MAX).next().get(), u32::MAX);
+    }
+
+    #[test]
+    fn dead_letter_queue_name() {
+        assert_eq!(
+            QueueName::new("emails").dead_letter_queue().as_str(),
+            "emails.dlq"
+        );
+    }
+
+    #[test]
+    fn generated_ids_are_unique() {
+        assert_ne!(MessageId::generate(), MessageId::generate());
+    }
+}

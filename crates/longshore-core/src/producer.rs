@@ -1,0 +1,139 @@
+//! [`Producer`]: enqueue jobs, with delays and extra headers.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::broker::{Broker, BrokerError};
+use crate::job::Job;
+use crate::message::{Headers, Message, headers};
+use crate::names::{MessageId, QueueName};
+
+/// Enqueues jobs on one queue of a broker. Cheap to clone.
+#[derive(Clone)]
+pub struct Producer {
+    broker: Arc<dyn Broker>,
+    queue: QueueName,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("system", &self.broker.system())
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+/// Options for one enqueue.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct EnqueueOptions {
+    /// Do not run the job before this much time has passed.
+    pub delay: Option<Duration>,
+    /// Extra headers (AMQP headers, SQS attributes); names starting `longshore-` are reserved.
+    pub headers: Headers,
+    /// The message id; a fresh UUID v7 when `None`.
+    pub id: Option<MessageId>,
+}
+
+impl EnqueueOptions {
+    /// Sets the delay.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the message id.
+    pub fn id(mut self, id: impl Into<MessageId>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+}
+
+/// Why a job could not be enqueued.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnqueueError {
+    /// The job did not serialize.
+    #[error("job `{job}` could not be encoded as JSON: {source}")]
+    Encode {
+        /// The job name.
+        job: &'static str,
+        /// The serde error.
+        source: serde_json::Error,
+    },
+    /// A header name is longshore's own.
+    #[error(
+        "header `{0}` is reserved for longshore's wire format; pick a name not starting with `longshore-`"
+    )]
+    ReservedHeader(String),
+    /// The broker did not take the message.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl Producer {
+    /// A producer for `queue` on `broker`.
+    pub fn new(broker: Arc<dyn Broker>, queue: impl Into<QueueName>) -> Self {
+        Self {
+            broker,
+            queue: queue.into(),
+        }
+    }
+
+    /// The queue it publishes to.
+    pub fn queue(&self) -> &QueueName {
+        &self.queue
+    }
+
+    /// Enqueues `job` to run as soon as a worker is free; returns once the broker has it.
+    pub async fn enqueue<J: Job>(&self, job: &J) -> Result<MessageId, EnqueueError> {
+        self.enqueue_with(job, EnqueueOptions::default()).await
+    }
+
+    /// Enqueues `job` to run no sooner than `delay` from now.
+    pub async fn enqueue_in<J: Job>(
+        &self,
+        job: &J,
+        delay: Duration,
+    ) -> Result<MessageId, EnqueueError> {
+        self.enqueue_with(job, EnqueueOptions::default().delay(delay))
+            .await
+    }
+
+    /// Enqueues `job` with options.
+    pub async fn enqueue_with<J: Job>(
+        &self,
+        job: &J,
+        options: EnqueueOptions,
+    ) -> Result<MessageId, EnqueueError> {
+        if let Some(name) = options
+            .headers
+            .keys()
+            .find(|name| headers::is_reserved(name))
+        {
+            return Err(EnqueueError::ReservedHeader(name.clone()));
+        }
+        let body = serde_json::to_vec(job).map_err(|source| EnqueueError::Encode {
+            job: J::NAME,
+            source,
+        })?;
+        let message = Message {
+            id: options.id.unwrap_or_else(MessageId::generate),
+            job: J::NAME.into(),
+            body,
+            headers: options.headers,
+            enqueued_at: SystemTime::now(),
+            delay: options.delay.filter(|d| !d.is_zero()),
+        };
+        let id = message.id.clone();
+        self.broker.publish(&self.queue, message).await?;
+        Ok(id)
+    }
+}

@@ -1,0 +1,79 @@
+//! [`Feed`]: the worker's delivery stream, re-opened with backoff when it fails or ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use futures_util::StreamExt;
+
+use crate::broker::{Broker, ConsumeOptions, DeliveryStream};
+use crate::delivery::Delivery;
+use crate::names::QueueName;
+
+pub(crate) struct Feed {
+    broker: Arc<dyn Broker>,
+    queue: QueueName,
+    options: ConsumeOptions,
+    stream: Option<DeliveryStream>,
+    backoff: ExponentialBackoff,
+}
+
+fn reconnect_backoff() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+impl Feed {
+    pub(crate) fn new(broker: Arc<dyn Broker>, queue: QueueName, options: ConsumeOptions) -> Self {
+        Self {
+            broker,
+            queue,
+            options,
+            stream: None,
+            backoff: reconnect_backoff(),
+        }
+    }
+
+    /// The next delivery. Errors are logged and waited out with backoff, so this only
+    /// returns a delivery; callers stop it by dropping the future (cancel-safe).
+    pub(crate) async fn next(&mut self) -> Delivery {
+        loop {
+            let stream = match &mut self.stream {
+                Some(stream) => stream,
+                None => match self.broker.consume(&self.queue, &self.options).await {
+                    Ok(stream) => self.stream.insert(stream),
+                    Err(error) => {
+                        tracing::error!(queue = %self.queue, %error, "cannot consume; retrying");
+                        self.pause().await;
+                        continue;
+                    }
+                },
+            };
+            match stream.next().await {
+                Some(Ok(delivery)) => {
+                    self.backoff = reconnect_backoff();
+                    return delivery;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(queue = %self.queue, %error, "consumer error; reopening");
+                    self.stream = None;
+                    self.pause().await;
+                }
+                None => {
+                    tracing::warn!(queue = %self.queue, "consumer stream ended; reopening");
+                    self.stream = None;
+                    self.pause().await;
+                }
+            }
+        }
+    }
+
+    async fn pause(&mut self) {
+        let delay = self.backoff.next().unwrap_or(Duration::from_secs(10));
+        tokio::time::sleep(delay).await;
+    }
+}

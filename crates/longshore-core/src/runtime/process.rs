@@ -1,0 +1,216 @@
+//! The per-job path: find the handler, build the scope, run the attempt with its timeout,
+//! panic capture and lease heartbeat, dispose the scope, settle by the outcome.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::broker::BrokerError;
+use crate::context::JobContext;
+use crate::delivery::{Delivery, Settlement};
+use crate::handler::ErasedHandler;
+use crate::job::JobError;
+use crate::message::headers;
+use crate::names::JobName;
+use crate::retry::{RetryDecision, RetryPolicy};
+use crate::runtime::stats::{Counted, WorkerStats};
+use crate::scope::{JobOutcome, Root, Scope};
+
+/// One registered job type: its handler and its resolved options.
+pub(crate) struct Registration {
+    pub(crate) handler: Box<dyn ErasedHandler>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) timeout: Duration,
+}
+
+/// What every job task of a worker shares.
+pub(crate) struct Shared {
+    pub(crate) system: &'static str,
+    pub(crate) root: Arc<Root>,
+    pub(crate) registry: HashMap<JobName, Registration>,
+    pub(crate) stats: Arc<WorkerStats>,
+    /// Cancelled when the shutdown deadline passes: running jobs stop and are released.
+    pub(crate) deadline: CancellationToken,
+}
+
+/// How one attempt ended.
+enum End {
+    Finished(Result<(), JobError>),
+    /// Stopped by the shutdown deadline.
+    Cancelled,
+    /// The broker took the delivery back (lease expired): someone else may run it.
+    LeaseLost(BrokerError),
+}
+
+/// Runs one delivery to its settlement.
+pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
+    shared.stats.started();
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("process {}", delivery.queue()),
+        otel.kind = "consumer",
+        messaging.system = shared.system,
+        messaging.operation.type = "process",
+        messaging.destination.name = %delivery.queue(),
+        messaging.message.id = %delivery.message().id,
+        longshore.job.name = %delivery.message().job,
+        longshore.job.attempt = delivery.attempt().get(),
+    );
+    let counted = run(&shared, delivery).instrument(span).await;
+    shared.stats.finished(counted);
+}
+
+async fn run(shared: &Shared, delivery: Delivery) -> Counted {
+    let message = delivery.message();
+    let Some(registration) = shared.registry.get(&message.job) else {
+        let reason = unknown_job_reason(&message.job, &shared.registry);
+        tracing::error!(%reason, "dead-lettering message");
+        return settle(
+            delivery,
+            Settlement::DeadLetter { reason },
+            Counted::DeadLettered,
+        )
+        .await;
+    };
+
+    let cancellation = shared.deadline.child_token();
+    let context = JobContext::new(
+        message.id.clone(),
+        message.job.clone(),
+        delivery.queue().clone(),
+        delivery.attempt(),
+        message.enqueued_at,
+        Arc::new(message.headers.clone()),
+        cancellation.clone(),
+    );
+    let scope = Scope::new(Arc::clone(&shared.root), context);
+
+    let end = tokio::select! {
+        biased;
+        () = cancellation.cancelled() => End::Cancelled,
+        error = heartbeat(&delivery) => End::LeaseLost(error),
+        result = attempt(registration, &message.body, &scope) => End::Finished(result),
+    };
+
+    let attempt_no = delivery.attempt();
+    match end {
+        End::Finished(Ok(())) => {
+            scope.dispose(JobOutcome::Succeeded).await;
+            tracing::debug!("job succeeded");
+            settle(delivery, Settlement::Ack, Counted::Succeeded).await
+        }
+        End::Finished(Err(error)) => {
+            scope.dispose(JobOutcome::Failed).await;
+            let (settlement, counted) = match (&error, registration.retry.decide(attempt_no)) {
+                (JobError::Retryable(_), RetryDecision::RetryAfter(delay)) => {
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "job failed; retrying");
+                    (Settlement::Retry { delay }, Counted::Retried)
+                }
+                (JobError::Retryable(_), RetryDecision::GiveUp) => {
+                    let reason = format!(
+                        "attempts exhausted ({attempt_no} of {}): {error}",
+                        registration.retry.max_attempts()
+                    );
+                    tracing::error!(%reason, "job failed; dead-lettering");
+                    (Settlement::DeadLetter { reason }, Counted::DeadLettered)
+                }
+                (JobError::Permanent(_), _) => {
+                    let reason = format!("permanent failure: {error}");
+                    tracing::error!(%reason, "job failed; dead-lettering");
+                    (Settlement::DeadLetter { reason }, Counted::DeadLettered)
+                }
+            };
+            settle(delivery, settlement, counted).await
+        }
+        End::Cancelled => {
+            scope.dispose(JobOutcome::Cancelled).await;
+            tracing::info!("shutdown deadline passed; releasing the job");
+            settle(delivery, Settlement::Release, Counted::Released).await
+        }
+        End::LeaseLost(error) => {
+            scope.dispose(JobOutcome::Cancelled).await;
+            tracing::warn!(%error, "lease lost; job stopped without settling");
+            Counted::LeaseLost
+        }
+    }
+}
+
+/// The handler call with its timeout; a panic is a retryable failure.
+async fn attempt(registration: &Registration, body: &[u8], scope: &Scope) -> Result<(), JobError> {
+    let call = AssertUnwindSafe(registration.handler.call(body, scope)).catch_unwind();
+    match tokio::time::timeout(registration.timeout, call).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => Err(JobError::retryable(format!(
+            "handler panicked: {}",
+            panic_message(panic.as_ref())
+        ))),
+        Err(_) => Err(JobError::retryable(format!(
+            "handler timed out after {:?}",
+            registration.timeout
+        ))),
+    }
+}
+
+/// Keeps a leased delivery invisible while its job runs, renewing at half the lease.
+/// Completes only if the lease is lost; never for brokers without leases.
+async fn heartbeat(delivery: &Delivery) -> BrokerError {
+    let Some(lease) = delivery.lease() else {
+        return std::future::pending().await;
+    };
+    let mut wait = lease / 2;
+    loop {
+        tokio::time::sleep(wait).await;
+        match delivery.extend(lease).await {
+            Ok(()) => wait = lease / 2,
+            Err(error @ BrokerError::LeaseLost { .. }) => return error,
+            Err(error) => {
+                tracing::warn!(%error, "could not extend the lease; trying again");
+                wait = lease / 8;
+            }
+        }
+    }
+}
+
+async fn settle(delivery: Delivery, settlement: Settlement, counted: Counted) -> Counted {
+    let name = settlement.name();
+    match delivery.settle(settlement).await {
+        Ok(()) => counted,
+        Err(failed) => {
+            tracing::error!(
+                settlement = name,
+                error = %failed.error,
+                "settlement failed; the broker will redeliver the message"
+            );
+            Counted::SettleFailed
+        }
+    }
+}
+
+fn unknown_job_reason(job: &JobName, registry: &HashMap<JobName, Registration>) -> String {
+    if job.as_str().is_empty() {
+        return format!(
+            "message has no `{}` header, so no handler can be chosen",
+            headers::JOB
+        );
+    }
+    let mut known: Vec<&str> = registry.keys().map(JobName::as_str).collect();
+    known.sort_unstable();
+    format!(
+        "unknown job `{job}`: no handler is registered for it on this worker (registered: {})",
+        known.join(", ")
+    )
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic payload")
+}

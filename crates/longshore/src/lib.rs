@@ -1,0 +1,114 @@
+//! # longshore
+//!
+//! Background-job consumers on the brokers you already run. Write a handler per job type,
+//! point a [`Worker`] at a queue, and get retries with exponential backoff and full jitter,
+//! dead-letter queues, delayed jobs, graceful shutdown and a per-job scoped dependency
+//! container, on the in-memory broker (the default), RabbitMQ or Amazon SQS.
+//!
+//! ```
+//! use std::time::Duration;
+//! use longshore::{Dep, Job, JobContext, JobError, Producer, QueueOptions, ResultExt, Worker};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct SendInvoice {
+//!     customer: String,
+//!     cents: u64,
+//! }
+//!
+//! impl Job for SendInvoice {
+//!     const NAME: &'static str = "send_invoice";
+//! }
+//!
+//! /// Process-wide: one client shared by every job.
+//! struct Mailer;
+//!
+//! /// Per job: built lazily for each job that asks, dropped when the job ends.
+//! struct RequestId(String);
+//!
+//! async fn send_invoice(
+//!     job: SendInvoice,
+//!     _mailer: Dep<Mailer>,
+//!     request: Dep<RequestId>,
+//!     ctx: JobContext,
+//! ) -> Result<(), JobError> {
+//!     // Bad input can never succeed: `.permanent()` dead-letters it without retries.
+//!     let cents = i64::try_from(job.cents).permanent()?;
+//!     println!("[{}] invoice {cents} to {} (attempt {})", request.0, job.customer, ctx.attempt);
+//!     Ok(())
+//! }
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let broker = longshore::connect("memory://").await?;
+//!     broker.declare(&"billing".into(), &QueueOptions::default()).await?;
+//!
+//!     let invoices = Producer::new(broker.clone(), "billing");
+//!     invoices.enqueue(&SendInvoice { customer: "acme".into(), cents: 4200 }).await?;
+//!
+//!     let worker = Worker::builder(broker, "billing")
+//!         .dependency(Mailer)
+//!         .scoped(|scope| async move { Ok(RequestId(format!("req-{}", scope.context().id))) })
+//!         .handler(send_invoice)
+//!         .concurrency(8)
+//!         .build()?; // checks now that every `Dep<T>` a handler takes is registered
+//!     let (stats, shutdown) = (worker.stats(), worker.shutdown_handle());
+//!     let running = tokio::spawn(worker.run()); // also stops on SIGTERM / Ctrl-C
+//!
+//!     while stats.snapshot().succeeded < 1 {
+//!         tokio::time::sleep(Duration::from_millis(5)).await;
+//!     }
+//!     shutdown.shutdown();
+//!     let report = running.await??;
+//!     assert_eq!(report.stats.succeeded, 1);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Brokers
+//!
+//! [`connect`] picks the broker from a URL: `memory://` (or an empty string) is the
+//! embedded [`MemoryBroker`].
+
+mod url;
+
+use std::sync::Arc;
+
+pub use longshore_core::*;
+pub use url::BrokerUrl;
+
+/// Why [`connect`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The URL's scheme names no broker this build supports.
+    #[error("unsupported broker URL `{url}`: expected memory://{hint}")]
+    UnsupportedScheme {
+        /// The URL, password redacted.
+        url: BrokerUrl,
+        /// Which features would add support.
+        hint: &'static str,
+    },
+    /// The broker did not accept the connection.
+    #[error("could not connect to `{url}`: {source}")]
+    Broker {
+        /// The URL, password redacted.
+        url: BrokerUrl,
+        /// What went wrong.
+        source: BrokerError,
+    },
+}
+
+/// Connects to the broker a URL names: `memory://` (or an empty string) is the embedded
+/// in-memory broker.
+pub async fn connect(url: impl Into<BrokerUrl>) -> Result<Arc<dyn Broker>, ConnectError> {
+    let url = url.into();
+    match url.scheme().as_str() {
+        "" if url.expose().trim().is_empty() => Ok(Arc::new(MemoryBroker::new())),
+        "memory" => Ok(Arc::new(MemoryBroker::new())),
+        _ => Err(ConnectError::UnsupportedScheme {
+            url,
+            hint: " (enable the `amqp` feature for amqp:// and amqps://, `sqs` for sqs://)",
+        }),
+    }
+}
