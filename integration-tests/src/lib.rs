@@ -1,1 +1,7 @@
-//! x
+//! longshore's cross-crate and real-broker tests.
+//!
+//! [`conformance`] holds the behaviour every broker shares, written once; each file in
+//! `tests/` runs it against one broker (memory, RabbitMQ, SQS) with the suite macros.
+
+pub mod conformance;
+pub mod harness;

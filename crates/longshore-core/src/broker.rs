@@ -44,6 +44,16 @@ pub trait Broker: Send + Sync + 'static {
         options: &ConsumeOptions,
     ) -> Result<DeliveryStream, BrokerError>;
 
+    /// Deletes the queue and what longshore declared for it (dead-letter and delay queues),
+    /// with their messages. Deleting a missing queue is not an error.
+    async fn delete(&self, queue: &QueueName) -> Result<(), BrokerError>;
+
+    /// The queue longshore declares as `queue`'s dead-letter queue (`<queue>.dlq` unless the
+    /// broker's naming rules need another form).
+    fn dead_letter_queue(&self, queue: &QueueName) -> QueueName {
+        queue.dead_letter_queue()
+    }
+
     /// How many messages the queue holds, by state.
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats, BrokerError>;
 }

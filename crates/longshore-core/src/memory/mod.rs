@@ -204,6 +204,17 @@ impl Broker for MemoryBroker {
         Ok(stream.boxed())
     }
 
+    async fn delete(&self, queue: &QueueName) -> Result<(), BrokerError> {
+        let mut queues = self.inner.lock();
+        for name in [queue.dead_letter_queue(), queue.clone()] {
+            // Wake its consumers so they see the queue is gone instead of waiting forever.
+            if let Some(state) = queues.remove(&name) {
+                state.notify.notify_waiters();
+            }
+        }
+        Ok(())
+    }
+
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats, BrokerError> {
         let mut queues = self.inner.lock();
         let now = Instant::now();

@@ -151,6 +151,12 @@ impl WorkerBuilder {
         self
     }
 
+    /// Adds a process-wide dependency the caller also keeps a handle to.
+    pub fn dependency_arc<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.root.insert_arc(value);
+        self
+    }
+
     /// Adds a per-job dependency, built lazily by `factory` once per job that asks for it.
     pub fn scoped<T, F, Fut>(mut self, factory: F) -> Self
     where
@@ -420,5 +426,117 @@ impl Worker {
         };
         tracing::info!(?report, "worker stopped");
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::memory::MemoryBroker;
+    use crate::scope::Dep;
+
+    #[derive(Serialize, Deserialize)]
+    struct Ping;
+    impl Job for Ping {
+        const NAME: &'static str = "ping";
+    }
+
+    struct Mailer;
+    struct Database;
+
+    async fn needs_two(_: Ping, _: Dep<Mailer>, _: Dep<Database>) -> Result<(), JobError> {
+        Ok(())
+    }
+
+    async fn plain(_: Ping) -> Result<(), JobError> {
+        Ok(())
+    }
+
+    fn builder() -> WorkerBuilder {
+        Worker::builder(Arc::new(MemoryBroker::new()), "q")
+    }
+
+    #[test]
+    fn missing_dependencies_fail_the_build_naming_each() {
+        let error = builder()
+            .dependency(Mailer)
+            .handler(needs_two)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the handler of job `ping` needs a `longshore_core::runtime::tests::Database`, but \
+             none is registered; add `.dependency(value)` or `.scoped(factory)` to the worker builder"
+        );
+        builder()
+            .dependency(Mailer)
+            .scoped(|_| async { Ok(Database) })
+            .handler(needs_two)
+            .build()
+            .expect("root and scoped values both satisfy `Dep<T>`");
+    }
+
+    #[test]
+    fn other_bad_configurations_fail_the_build() {
+        assert!(matches!(builder().build(), Err(BuildError::NoHandlers(_))));
+        assert!(matches!(
+            builder().handler(plain).handler(plain).build(),
+            Err(BuildError::DuplicateHandler(name)) if name.as_str() == "ping"
+        ));
+        assert!(matches!(
+            builder().handler(plain).concurrency(0).build(),
+            Err(BuildError::ZeroConcurrency)
+        ));
+    }
+
+    #[tokio::test]
+    async fn immediate_shutdown_returns_without_waiting_for_jobs() {
+        async fn hang(_: Ping) -> Result<(), JobError> {
+            std::future::pending().await
+        }
+        let broker = Arc::new(MemoryBroker::new());
+        broker
+            .declare(&"q".into(), &QueueOptions::default())
+            .await
+            .unwrap();
+        crate::Producer::new(broker.clone(), "q")
+            .enqueue(&Ping)
+            .await
+            .unwrap();
+        let worker = Worker::builder(broker, "q").handler(hang).build().unwrap();
+        let (stats, shutdown) = (worker.stats(), worker.shutdown_handle());
+        let running = tokio::spawn(worker.run_until_stopped());
+        while stats.snapshot().in_flight == 0 {
+            tokio::task::yield_now().await;
+        }
+        shutdown.shutdown();
+        shutdown.immediate();
+        let report = tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("returns at once")
+            .unwrap()
+            .unwrap();
+        assert!(report.immediate);
+        assert_eq!(
+            report.stats.in_flight, 1,
+            "the hung job was abandoned to redelivery"
+        );
+    }
+
+    #[tokio::test]
+    async fn verify_topology_fails_at_start_up_with_the_queue_named() {
+        let worker = builder()
+            .handler(plain)
+            .topology(Topology::Verify)
+            .build()
+            .unwrap();
+        let error = worker.run_until_stopped().await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "could not prepare queue `q`: queue `q` does not exist; declare it \
+             (Topology::Declare) or create it on the broker"
+        );
     }
 }

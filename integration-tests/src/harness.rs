@@ -1,0 +1,242 @@
+//! Test helpers: unique queue names, waiting for conditions with a deadline, a recording
+//! probe job, and a worker running in the background.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use longshore::{
+    Broker, Dep, Job, JobContext, JobError, QueueName, Shutdown, Trigger, WorkerBuilder,
+    WorkerReport, WorkerStats,
+};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+/// How a broker under test keeps time: its leases, and how late its timers may fire.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Visibility timeout for lease tests (brokers that lease deliveries).
+    pub visibility: Duration,
+    /// How late a broker may deliver after a delay or lease ends (LocalStack ticks once a second).
+    pub slack: Duration,
+}
+
+/// A broker under test and how it keeps time.
+#[derive(Clone)]
+pub struct Harness {
+    /// The broker.
+    pub broker: Arc<dyn Broker>,
+    /// Its timing.
+    pub timing: Timing,
+}
+
+/// A queue name no other test (or earlier run) uses.
+pub fn unique_queue(purpose: &str) -> QueueName {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    QueueName::new(format!(
+        "longshore-test-{purpose}-{}-{n}-{:04x}",
+        std::process::id(),
+        fastrand::u16(..)
+    ))
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, or panics after `timeout` with
+/// `what` and the last state `check` described.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(seen) if tokio::time::Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// What a [`Probe`] job does when it runs.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Succeed at once.
+    Succeed,
+    /// Fail with a retryable error while the attempt is below this number.
+    FailUntil(u32),
+    /// Fail permanently.
+    FailPermanently,
+    /// Panic while the attempt is below this number.
+    PanicUntil(u32),
+    /// Sleep, then succeed.
+    Sleep(u64),
+    /// Run until the worker cancels the job.
+    HangUntilCancelled,
+}
+
+/// The job the conformance suite sends: a key to find it by and what to do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Probe {
+    /// Identifies the job in the recorder.
+    pub key: u32,
+    /// What to do.
+    pub behaviour: Behaviour,
+}
+
+impl Job for Probe {
+    const NAME: &'static str = "probe";
+}
+
+/// One run of a probe, as its handler saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// The attempt number from the delivery.
+    pub attempt: u32,
+    /// The trigger.
+    pub trigger: Trigger,
+    /// When it started, since the recorder was made.
+    pub at: Duration,
+}
+
+/// Records probe runs and the peak number running at once.
+#[derive(Debug)]
+pub struct Recorder {
+    start: tokio::time::Instant,
+    runs: Mutex<HashMap<u32, Vec<Run>>>,
+    running: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            runs: Mutex::default(),
+            running: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Recorder {
+    /// The runs of the probe with `key`.
+    pub fn runs(&self, key: u32) -> Vec<Run> {
+        self.runs
+            .lock()
+            .expect("not poisoned")
+            .get(&key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many runs started, of all probes.
+    pub fn total_runs(&self) -> usize {
+        self.runs
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    /// The most probes that ever ran at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// How many probes are running now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+}
+
+struct RunningGuard<'a>(&'a Recorder);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The probe handler: records the run, then behaves as told.
+pub async fn probe(job: Probe, recorder: Dep<Recorder>, ctx: JobContext) -> Result<(), JobError> {
+    let now = recorder.running.fetch_add(1, Ordering::SeqCst) + 1;
+    let _guard = RunningGuard(&recorder);
+    recorder.peak.fetch_max(now, Ordering::SeqCst);
+    recorder
+        .runs
+        .lock()
+        .expect("not poisoned")
+        .entry(job.key)
+        .or_default()
+        .push(Run {
+            attempt: ctx.attempt.get(),
+            trigger: ctx.trigger.clone(),
+            at: recorder.start.elapsed(),
+        });
+    let attempt = ctx.attempt.get();
+    match job.behaviour {
+        Behaviour::Succeed => Ok(()),
+        Behaviour::FailUntil(n) if attempt < n => {
+            Err(JobError::retryable(format!("flaky on attempt {attempt}")))
+        }
+        Behaviour::FailUntil(_) => Ok(()),
+        Behaviour::FailPermanently => Err(JobError::permanent("this input can never work")),
+        Behaviour::PanicUntil(n) if attempt < n => {
+            panic!("probe {} panicked on attempt {attempt}", job.key)
+        }
+        Behaviour::PanicUntil(_) => Ok(()),
+        Behaviour::Sleep(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(())
+        }
+        Behaviour::HangUntilCancelled => {
+            ctx.cancelled().await;
+            Err(JobError::retryable("cancelled"))
+        }
+    }
+}
+
+/// A worker running in a background task.
+pub struct Running {
+    /// Stops it.
+    pub shutdown: Shutdown,
+    /// Its counters.
+    pub stats: Arc<WorkerStats>,
+    handle: JoinHandle<Result<WorkerReport, longshore::WorkerError>>,
+}
+
+impl Running {
+    /// Builds the worker and starts it.
+    pub fn start(builder: WorkerBuilder) -> Self {
+        let worker = builder.build().expect("the test worker builds");
+        let shutdown = worker.shutdown_handle();
+        let stats = worker.stats();
+        let handle = tokio::spawn(worker.run_until_stopped());
+        Self {
+            shutdown,
+            stats,
+            handle,
+        }
+    }
+
+    /// Stops it gracefully and returns its report.
+    pub async fn stop(self) -> WorkerReport {
+        self.shutdown.shutdown();
+        self.join().await
+    }
+
+    /// Waits for it to end and returns its report.
+    pub async fn join(self) -> WorkerReport {
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("the worker stops within 60 s")
+            .expect("the worker task does not panic")
+            .expect("the worker runs without error")
+    }
+}
