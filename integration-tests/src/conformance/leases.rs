@@ -2,12 +2,13 @@
 //! timeout, and heartbeats that keep long jobs from running twice.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use longshore::{BrokerError, ConsumeOptions, Message};
 
 use super::{await_settled, cleanup, declared_queue, enqueue, probe_worker};
-use crate::harness::{Behaviour, Harness, Probe, Recorder, Running};
+use crate::harness::{Behaviour, Harness, Probe, Recorder, Running, eventually};
 
 /// A delivery nobody settles comes back after its visibility timeout as the next attempt;
 /// the stale holder can no longer settle it.
@@ -77,6 +78,19 @@ pub async fn long_jobs_are_extended_and_run_once(h: &Harness) {
         Running::start(probe_worker(h, &queue, &recorder).visibility_timeout(h.timing.visibility));
     let second =
         Running::start(probe_worker(h, &queue, &recorder).visibility_timeout(h.timing.visibility));
+    eventually(
+        Duration::from_secs(30) + runtime,
+        "the long job to succeed",
+        || async {
+            let done = first.stats.snapshot().succeeded + second.stats.snapshot().succeeded;
+            if done == 1 {
+                Ok(())
+            } else {
+                Err(format!("{done} succeeded"))
+            }
+        },
+    )
+    .await;
     await_settled(h, &queue, 0, 0).await;
     let (a, b) = (first.stop().await, second.stop().await);
     assert_eq!(a.stats.succeeded + b.stats.succeeded, 1);

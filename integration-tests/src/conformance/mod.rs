@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use longshore::{
-    ConsumeOptions, Message, Producer, QueueName, QueueOptions, QueueStats, RetryPolicy, Worker,
-    WorkerBuilder,
+    ConsumeOptions, Message, Producer, QueueName, QueueOptions, QueueStats, RetryPolicy,
+    StatsSnapshot, Worker, WorkerBuilder,
 };
 
-use crate::harness::{Harness, Probe, Recorder, eventually, probe};
+use crate::harness::{Harness, Probe, Recorder, Running, eventually, probe};
 
 /// A fresh queue with a dead-letter queue, declared on the harness's broker.
 pub async fn declared_queue(h: &Harness, purpose: &str) -> QueueName {
@@ -59,7 +59,30 @@ pub async fn stats(h: &Harness, queue: &QueueName) -> QueueStats {
     h.broker.stats(queue).await.expect("queue statistics")
 }
 
-/// Waits until the queue holds exactly `ready` ready messages, nothing in flight or delayed.
+/// Waits until a running worker's counters satisfy `done`.
+pub async fn await_worker(
+    h: &Harness,
+    worker: &Running,
+    what: &str,
+    done: impl Fn(&StatsSnapshot) -> bool,
+) {
+    eventually(
+        Duration::from_secs(30) + h.timing.slack * 4,
+        what,
+        || async {
+            let now = worker.stats.snapshot();
+            if done(&now) {
+                Ok(())
+            } else {
+                Err(format!("{now:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits until the queue holds exactly `ready` ready messages and `dead` dead letters, with
+/// nothing in flight or delayed (where the broker can tell).
 pub async fn await_settled(h: &Harness, queue: &QueueName, ready: u64, dead: u64) {
     eventually(
         Duration::from_secs(15) + h.timing.slack * 4,

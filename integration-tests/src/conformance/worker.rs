@@ -7,7 +7,8 @@ use std::time::Duration;
 use longshore::{JobOutcome, Message, Scope, Trigger, headers};
 
 use super::{
-    await_settled, cleanup, declared_queue, enqueue, probe_worker, stats, take_dead_letters,
+    await_settled, await_worker, cleanup, declared_queue, enqueue, probe_worker, stats,
+    take_dead_letters,
 };
 use crate::harness::{Behaviour, Harness, Probe, Recorder, Running, eventually};
 
@@ -28,6 +29,7 @@ pub async fn succeeded_jobs_are_acked(h: &Harness) {
     let recorder = Arc::new(Recorder::default());
     enqueue(h, &queue, probes(Behaviour::Succeed, 20)).await;
     let worker = Running::start(probe_worker(h, &queue, &recorder));
+    await_worker(h, &worker, "20 jobs succeeded", |s| s.succeeded == 20).await;
     await_settled(h, &queue, 0, 0).await;
     let report = worker.stop().await;
     assert_eq!(report.stats.succeeded, 20);
@@ -45,6 +47,10 @@ pub async fn retryable_failures_retry_until_success(h: &Harness) {
     let recorder = Arc::new(Recorder::default());
     enqueue(h, &queue, probes(Behaviour::FailUntil(3), 3)).await;
     let worker = Running::start(probe_worker(h, &queue, &recorder));
+    await_worker(h, &worker, "3 jobs succeeded after retries", |s| {
+        s.succeeded == 3
+    })
+    .await;
     await_settled(h, &queue, 0, 0).await;
     let report = worker.stop().await;
     assert_eq!((report.stats.succeeded, report.stats.retried), (3, 6));
@@ -73,6 +79,7 @@ pub async fn exhausted_attempts_dead_letter_with_reason(h: &Harness) {
     let recorder = Arc::new(Recorder::default());
     enqueue(h, &queue, probes(Behaviour::FailUntil(u32::MAX), 1)).await;
     let worker = Running::start(probe_worker(h, &queue, &recorder));
+    await_worker(h, &worker, "1 job dead-lettered", |s| s.dead_lettered == 1).await;
     await_settled(h, &queue, 0, 1).await;
     let report = worker.stop().await;
     assert_eq!((report.stats.retried, report.stats.dead_lettered), (2, 1));
@@ -103,6 +110,7 @@ pub async fn permanent_failures_dead_letter_at_once(h: &Harness) {
     let recorder = Arc::new(Recorder::default());
     enqueue(h, &queue, probes(Behaviour::FailPermanently, 2)).await;
     let worker = Running::start(probe_worker(h, &queue, &recorder));
+    await_worker(h, &worker, "2 jobs dead-lettered", |s| s.dead_lettered == 2).await;
     await_settled(h, &queue, 0, 2).await;
     let report = worker.stop().await;
     assert_eq!((report.stats.retried, report.stats.dead_lettered), (0, 2));
@@ -127,6 +135,7 @@ pub async fn panics_are_retried_and_the_worker_survives(h: &Harness) {
     });
     enqueue(h, &queue, jobs).await;
     let worker = Running::start(probe_worker(h, &queue, &recorder).concurrency(1));
+    await_worker(h, &worker, "3 jobs succeeded", |s| s.succeeded == 3).await;
     await_settled(h, &queue, 0, 0).await;
     let report = worker.stop().await;
     assert_eq!((report.stats.succeeded, report.stats.retried), (3, 2));
@@ -155,6 +164,10 @@ pub async fn unknown_jobs_dead_letter_with_reason(h: &Harness) {
     publish_raw(h, &queue, "no_such_job", b"{}").await;
     enqueue(h, &queue, probes(Behaviour::Succeed, 1)).await;
     let worker = Running::start(probe_worker(h, &queue, &recorder));
+    await_worker(h, &worker, "1 success and 1 dead letter", |s| {
+        s.succeeded == 1 && s.dead_lettered == 1
+    })
+    .await;
     await_settled(h, &queue, 0, 1).await;
     let report = worker.stop().await;
     assert_eq!((report.stats.succeeded, report.stats.dead_lettered), (1, 1));
@@ -173,6 +186,7 @@ pub async fn messages_without_job_header_dead_letter(h: &Harness) {
     let recorder = Arc::new(Recorder::default());
     publish_raw(h, &queue, "", b"{}").await;
     let worker = Running::start(probe_worker(h, &queue, &recorder));
+    await_worker(h, &worker, "1 dead letter", |s| s.dead_lettered == 1).await;
     await_settled(h, &queue, 0, 1).await;
     worker.stop().await;
     let dead = take_dead_letters(h, &queue, 1).await;
@@ -190,6 +204,7 @@ pub async fn undecodable_bodies_dead_letter_with_reason(h: &Harness) {
     publish_raw(h, &queue, "probe", b"not json").await;
     publish_raw(h, &queue, "probe", br#"{"key": 1}"#).await;
     let worker = Running::start(probe_worker(h, &queue, &recorder));
+    await_worker(h, &worker, "2 dead letters", |s| s.dead_lettered == 2).await;
     await_settled(h, &queue, 0, 2).await;
     let report = worker.stop().await;
     assert_eq!((report.stats.retried, report.stats.dead_lettered), (0, 2));
@@ -216,6 +231,7 @@ pub async fn concurrency_limit_is_never_exceeded(h: &Harness) {
     let recorder = Arc::new(Recorder::default());
     enqueue(h, &queue, probes(Behaviour::Sleep(30), 40)).await;
     let worker = Running::start(probe_worker(h, &queue, &recorder).concurrency(4));
+    await_worker(h, &worker, "40 jobs succeeded", |s| s.succeeded == 40).await;
     await_settled(h, &queue, 0, 0).await;
     let report = worker.stop().await;
     assert_eq!(report.stats.succeeded, 40);
@@ -262,6 +278,7 @@ pub async fn graceful_shutdown_finishes_in_flight_and_leaves_the_rest(h: &Harnes
 
     // The rest is still there, and a new worker finishes it.
     let worker = Running::start(probe_worker(h, &queue, &recorder).concurrency(10));
+    await_worker(h, &worker, "the rest succeeded", |s| s.succeeded == left).await;
     await_settled(h, &queue, 0, 0).await;
     worker.stop().await;
     for key in 0..20 {
@@ -369,6 +386,10 @@ pub async fn scoped_values_are_fresh_and_disposed_on_every_outcome(h: &Harness) 
             3,
         ));
     let worker = Running::start(builder);
+    await_worker(h, &worker, "2 successes and 1 dead letter", |s| {
+        s.succeeded == 2 && s.dead_lettered == 1
+    })
+    .await;
     await_settled(h, &queue, 0, 1).await;
     worker.stop().await;
 
