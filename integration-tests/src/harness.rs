@@ -240,3 +240,31 @@ impl Running {
             .expect("the worker runs without error")
     }
 }
+
+/// The RabbitMQ URL tests use: `LONGSHORE_AMQP_URL`, or the local broker.
+pub fn amqp_url() -> String {
+    std::env::var("LONGSHORE_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Connects to the test RabbitMQ, or fails saying how to start it.
+pub async fn amqp_broker() -> longshore::amqp::AmqpBroker {
+    let url = amqp_url();
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        longshore::amqp::AmqpBroker::connect(url.as_str()),
+    )
+    .await
+    {
+        Ok(Ok(broker)) => broker,
+        Ok(Err(error)) => panic!(
+            "RabbitMQ is not reachable at {}: {error}. Start it with `rabbitmq-server -detached` \
+             (or run `scripts/test`, which starts it), or set LONGSHORE_AMQP_URL",
+            longshore::BrokerUrl::new(url)
+        ),
+        Err(_) => panic!(
+            "connecting to RabbitMQ at {} took over 10 s",
+            longshore::BrokerUrl::new(url)
+        ),
+    }
+}

@@ -1,1 +1,373 @@
-//! x
+//! longshore's RabbitMQ adapter, on [lapin](https://docs.rs/lapin).
+//!
+//! It maps longshore's vocabulary to RabbitMQ's own mechanics:
+//!
+//! | longshore | RabbitMQ |
+//! | --- | --- |
+//! | prefetch | `basic.qos` on the consumer's channel, manual acks |
+//! | `ack` | `basic.ack` |
+//! | `release` | `basic.nack(requeue=true)` |
+//! | `retry(delay)` | republish through the delay ladder (TTL queues, see [`delay`]) with `longshore-attempt` + 1, publisher-confirmed, then `basic.ack` |
+//! | `dead_letter(reason)` | publish to the queue's dead-letter target with `longshore-dead-*` headers, confirmed, then `basic.ack` |
+//! | `extend` | nothing: a delivery is held for the life of its channel |
+//! | publish | `basic.publish` with `mandatory` and publisher confirms: returns once the broker has it; no route is an error |
+//! | attempt | `longshore-attempt` header plus `x-delivery-count` (quorum) or the redelivered flag |
+//!
+//! Connection loss is handled by lapin's automatic recovery (reconnect with backoff, replay
+//! of topology, consumers, QoS and confirm mode). Deliveries received before the loss cannot
+//! be acked afterwards; their settlement fails with [`BrokerError::LeaseLost`] and RabbitMQ
+//! redelivers them.
+//!
+//! ```no_run
+//! use longshore_amqp::{AmqpBroker, QueueType};
+//!
+//! # async fn run() -> Result<(), longshore_core::BrokerError> {
+//! let broker = AmqpBroker::builder("amqp://guest:guest@127.0.0.1:5672/%2f")
+//!     .queue_type(QueueType::Quorum)
+//!     // A queue someone else declared, whose x-dead-letter-exchange is `billing-dlx`:
+//!     .dead_letter_exchange("billing", "billing-dlx", None)
+//!     .connect()
+//!     .await?;
+//! # let _ = broker; Ok(()) }
+//! ```
+
+mod connection;
+mod consume;
+pub mod delay;
+mod settle;
+mod topology;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use lapin::Connection;
+use longshore_core::{
+    Broker, BrokerError, BrokerUrl, ConsumeOptions, DeliveryStream, Message, QueueName,
+    QueueOptions, QueueStats,
+};
+use tokio::sync::OnceCell;
+
+use connection::{Outgoing, Publisher};
+
+/// The kind of queue longshore declares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueType {
+    /// A classic durable queue.
+    #[default]
+    Classic,
+    /// A quorum queue (replicated; counts deliveries in `x-delivery-count`).
+    Quorum,
+}
+
+/// Where a queue's dead letters go: an exchange and the routing key to publish with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetterTarget {
+    /// The exchange (`""` is the default exchange, which routes by queue name).
+    pub exchange: String,
+    /// The routing key; `None` keeps the work queue's name, as RabbitMQ does when a queue has
+    /// no `x-dead-letter-routing-key`.
+    pub routing_key: Option<String>,
+}
+
+impl DeadLetterTarget {
+    /// The queue `dlq`, through the default exchange.
+    pub fn queue(dlq: &QueueName) -> Self {
+        Self {
+            exchange: String::new(),
+            routing_key: Some(dlq.to_string()),
+        }
+    }
+
+    /// The queue it lands in, when it is a queue through the default exchange.
+    pub fn queue_name(&self) -> Option<QueueName> {
+        match (&*self.exchange, &self.routing_key) {
+            ("", Some(key)) => Some(QueueName::new(key)),
+            _ => None,
+        }
+    }
+}
+
+/// RabbitMQ-specific settings.
+#[derive(Clone, Debug)]
+pub struct AmqpOptions {
+    queue_type: QueueType,
+    delivery_limit: u32,
+    dead_letter_targets: HashMap<QueueName, DeadLetterTarget>,
+}
+
+impl Default for AmqpOptions {
+    fn default() -> Self {
+        Self {
+            queue_type: QueueType::Classic,
+            delivery_limit: 20,
+            dead_letter_targets: HashMap::new(),
+        }
+    }
+}
+
+/// Builds an [`AmqpBroker`].
+#[derive(Debug)]
+pub struct AmqpBrokerBuilder {
+    url: BrokerUrl,
+    options: AmqpOptions,
+}
+
+impl AmqpBrokerBuilder {
+    /// The type of queue to declare. Default: classic.
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.options.queue_type = queue_type;
+        self
+    }
+
+    /// For quorum queues: deliveries (crashes, releases) before RabbitMQ dead-letters a
+    /// message itself (`x-delivery-limit`). Default: 20, stated explicitly.
+    pub fn delivery_limit(mut self, limit: u32) -> Self {
+        self.options.delivery_limit = limit;
+        self
+    }
+
+    /// Dead-letters `queue`'s messages to `exchange` (its `x-dead-letter-exchange`), with
+    /// `routing_key` or the queue's name. Needed to plug into a queue whose DLX is not
+    /// `<queue>.dlq`: AMQP cannot read a queue's arguments.
+    pub fn dead_letter_exchange(
+        mut self,
+        queue: impl Into<QueueName>,
+        exchange: impl Into<String>,
+        routing_key: Option<String>,
+    ) -> Self {
+        self.options.dead_letter_targets.insert(
+            queue.into(),
+            DeadLetterTarget {
+                exchange: exchange.into(),
+                routing_key,
+            },
+        );
+        self
+    }
+
+    /// Connects (with automatic recovery) and opens the confirm-mode publishing channel.
+    pub async fn connect(self) -> Result<AmqpBroker, BrokerError> {
+        let connection = connection::connect(&self.url).await?;
+        let publisher = Publisher::open(&connection).await?;
+        tracing::info!(url = %self.url, "connected to RabbitMQ");
+        Ok(AmqpBroker {
+            inner: Arc::new(Inner {
+                url: self.url,
+                connection,
+                publisher,
+                options: self.options,
+                ladder: OnceCell::new(),
+                targets: Mutex::default(),
+            }),
+        })
+    }
+}
+
+/// A RabbitMQ broker. Cheap to clone: clones share one connection.
+#[derive(Clone)]
+pub struct AmqpBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: BrokerUrl,
+    connection: Connection,
+    publisher: Publisher,
+    options: AmqpOptions,
+    ladder: OnceCell<()>,
+    /// Dead-letter targets found by declare or verify, per queue.
+    targets: Mutex<HashMap<QueueName, Option<DeadLetterTarget>>>,
+}
+
+impl std::fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpBroker")
+            .field("url", &self.inner.url)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AmqpBroker {
+    /// A builder for a broker at `url` (`amqp://user:pass@host:port/vhost`, `amqps://…`).
+    pub fn builder(url: impl Into<BrokerUrl>) -> AmqpBrokerBuilder {
+        AmqpBrokerBuilder {
+            url: url.into(),
+            options: AmqpOptions::default(),
+        }
+    }
+
+    /// Connects to `url` with default settings.
+    pub async fn connect(url: impl Into<BrokerUrl>) -> Result<Self, BrokerError> {
+        Self::builder(url).connect().await
+    }
+
+    /// Whether the connection is up now (for readiness checks).
+    pub fn is_connected(&self) -> bool {
+        self.inner.connection.status().connected()
+    }
+
+    async fn ladder(&self) -> Result<(), BrokerError> {
+        self.inner
+            .ladder
+            .get_or_try_init(|| topology::declare_ladder(&self.inner.connection))
+            .await
+            .map(|_| ())
+    }
+
+    fn remember(&self, queue: &QueueName, target: Option<DeadLetterTarget>) {
+        self.inner
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(queue.clone(), target);
+    }
+
+    /// The dead-letter target of `queue`: the one declare or verify found, else looked up
+    /// now (a queue without one can still be consumed; dead-lettering from it fails).
+    async fn target(&self, queue: &QueueName) -> Result<Option<DeadLetterTarget>, BrokerError> {
+        let known = self
+            .inner
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(queue)
+            .cloned();
+        match known {
+            Some(target) => Ok(target),
+            None => {
+                let target =
+                    topology::find_target(&self.inner.connection, queue, &self.inner.options)
+                        .await?;
+                self.remember(queue, target.clone());
+                Ok(target)
+            }
+        }
+    }
+
+    fn target_known(&self, queue: &QueueName) -> Result<Option<DeadLetterTarget>, BrokerError> {
+        Ok(self
+            .inner
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(queue)
+            .cloned()
+            .flatten())
+    }
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    fn system(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    async fn declare(&self, queue: &QueueName, options: &QueueOptions) -> Result<(), BrokerError> {
+        self.ladder().await?;
+        let target =
+            topology::declare(&self.inner.connection, queue, options, &self.inner.options).await?;
+        self.remember(queue, target);
+        Ok(())
+    }
+
+    async fn verify(&self, queue: &QueueName) -> Result<(), BrokerError> {
+        self.ladder().await?;
+        let target = topology::verify(&self.inner.connection, queue, &self.inner.options).await?;
+        self.remember(queue, Some(target));
+        Ok(())
+    }
+
+    async fn publish(&self, queue: &QueueName, message: Message) -> Result<(), BrokerError> {
+        let delay = message.delay.unwrap_or_default();
+        let (exchange, routing_key) = if delay.is_zero() {
+            (String::new(), queue.to_string())
+        } else {
+            self.ladder().await?;
+            let key = delay::routing_key(delay, queue.as_str()).map_err(|error| {
+                BrokerError::InvalidMessage {
+                    message_id: message.id.clone(),
+                    problem: match error {
+                        delay::DelayError::TooLong => {
+                            format!(
+                                "a delay of {delay:?} is longer than RabbitMQ delays go ({:?})",
+                                delay::MAX_DELAY
+                            )
+                        }
+                        delay::DelayError::QueueNameTooLong => {
+                            format!(
+                                "queue name `{queue}` is too long to route through the delay queues"
+                            )
+                        }
+                    },
+                }
+            })?;
+            (delay::entry_exchange(), key)
+        };
+        // A delayed message routes to a delay queue whatever the target: check the target
+        // exists now, not when the delay ends.
+        if !delay.is_zero() {
+            self.stats(queue).await?;
+        }
+        let properties = wire::encode(&message, longshore_core::Attempt::FIRST, &[]);
+        self.inner
+            .publisher
+            .publish(Outgoing {
+                exchange: &exchange,
+                routing_key: &routing_key,
+                body: &message.body,
+                properties,
+                message_id: &message.id,
+                queue,
+            })
+            .await
+    }
+
+    async fn consume(
+        &self,
+        queue: &QueueName,
+        options: &ConsumeOptions,
+    ) -> Result<DeliveryStream, BrokerError> {
+        let dead_letter = self.target(queue).await?;
+        consume::consume(
+            &self.inner.connection,
+            queue.clone(),
+            self.inner.publisher.clone(),
+            dead_letter,
+            options,
+        )
+        .await
+    }
+
+    async fn delete(&self, queue: &QueueName) -> Result<(), BrokerError> {
+        self.inner
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(queue);
+        topology::delete(&self.inner.connection, queue).await
+    }
+
+    fn dead_letter_queue(&self, queue: &QueueName) -> QueueName {
+        self.target_known(queue)
+            .ok()
+            .flatten()
+            .and_then(|target| target.queue_name())
+            .unwrap_or_else(|| queue.dead_letter_queue())
+    }
+
+    async fn stats(&self, queue: &QueueName) -> Result<QueueStats, BrokerError> {
+        let target = self
+            .target_known(queue)?
+            .or_else(|| Some(DeadLetterTarget::queue(&queue.dead_letter_queue())));
+        match topology::stats(&self.inner.connection, queue, target.as_ref()).await {
+            // The `<queue>.dlq` guess may not exist for a queue with its own DLX.
+            Err(BrokerError::QueueNotFound { queue: missing }) if &missing != queue => {
+                topology::stats(&self.inner.connection, queue, None).await
+            }
+            other => other,
+        }
+    }
+}

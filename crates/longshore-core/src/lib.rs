@@ -55,6 +55,7 @@ mod producer;
 mod retry;
 mod runtime;
 mod scope;
+mod url;
 
 pub use broker::{
     BoxError, Broker, BrokerError, ConsumeOptions, DeliveryStream, QueueOptions, QueueStats,
@@ -74,3 +75,4 @@ pub use runtime::{
     WorkerReport, WorkerStats,
 };
 pub use scope::{Dep, FromScope, JobOutcome, Requirement, Root, Scope};
+pub use url::BrokerUrl;

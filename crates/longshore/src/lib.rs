@@ -68,14 +68,16 @@
 //! ## Brokers
 //!
 //! [`connect`] picks the broker from a URL: `memory://` (or an empty string) is the
-//! embedded [`MemoryBroker`].
-
-mod url;
+//! embedded [`MemoryBroker`]; `amqp://` and `amqps://` are RabbitMQ (feature `amqp`, see
+//! [`amqp`] for its settings).
 
 use std::sync::Arc;
 
 pub use longshore_core::*;
-pub use url::BrokerUrl;
+
+/// The RabbitMQ adapter (feature `amqp`).
+#[cfg(feature = "amqp")]
+pub use longshore_amqp as amqp;
 
 /// Why [`connect`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,12 +102,18 @@ pub enum ConnectError {
 }
 
 /// Connects to the broker a URL names: `memory://` (or an empty string) is the embedded
-/// in-memory broker.
+/// in-memory broker; `amqp://user:pass@host:port/vhost` and `amqps://…` are RabbitMQ
+/// (feature `amqp`).
 pub async fn connect(url: impl Into<BrokerUrl>) -> Result<Arc<dyn Broker>, ConnectError> {
     let url = url.into();
     match url.scheme().as_str() {
         "" if url.expose().trim().is_empty() => Ok(Arc::new(MemoryBroker::new())),
         "memory" => Ok(Arc::new(MemoryBroker::new())),
+        #[cfg(feature = "amqp")]
+        "amqp" | "amqps" => match longshore_amqp::AmqpBroker::connect(url.clone()).await {
+            Ok(broker) => Ok(Arc::new(broker)),
+            Err(source) => Err(ConnectError::Broker { url, source }),
+        },
         _ => Err(ConnectError::UnsupportedScheme {
             url,
             hint: " (enable the `amqp` feature for amqp:// and amqps://, `sqs` for sqs://)",

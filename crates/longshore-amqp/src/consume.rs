@@ -1,0 +1,134 @@
+//! Consuming: a channel per consumer with `basic.qos` prefetch and manual acks, turning each
+//! lapin delivery into a longshore [`Delivery`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use longshore_core::{BrokerError, ConsumeOptions, Delivery, DeliveryStream, QueueName};
+
+use crate::DeadLetterTarget;
+use crate::connection::{Publisher, broker_error};
+use crate::settle::AmqpAcknowledger;
+use crate::wire;
+
+/// What every delivery of one consumer shares. Holding the consumer's channel here keeps
+/// it open until the last of its deliveries is settled, even after the stream is dropped.
+pub(crate) struct ConsumerShared {
+    pub(crate) queue: QueueName,
+    pub(crate) publisher: Publisher,
+    pub(crate) dead_letter: Option<DeadLetterTarget>,
+    #[expect(
+        dead_code,
+        reason = "held, never read: keeps the channel open for settlement"
+    )]
+    pub(crate) channel: Channel,
+}
+
+/// Owns the lapin consumer; when the stream is dropped it cancels the consumer and hands
+/// the deliveries RabbitMQ prefetched for it, not yet started, back to the queue. The
+/// channel stays open until they are nacked, so deliveries still running can be acked.
+struct Guard {
+    channel: Channel,
+    consumer: Option<Consumer>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let Some(mut consumer) = self.consumer.take() else {
+            return;
+        };
+        let channel = self.channel.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to nack on: closing the channel (when the last handle drops) makes
+            // RabbitMQ requeue them.
+            return;
+        };
+        runtime.spawn(async move {
+            let tag = consumer.tag();
+            if let Err(error) = channel.basic_cancel(tag, BasicCancelOptions::default()).await {
+                tracing::debug!(%error, "consumer cancel failed; closing the channel requeues its deliveries");
+                return;
+            }
+            // After cancel-ok nothing new arrives; what is buffered goes back.
+            while let Ok(Some(Ok(delivery))) = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
+                let requeue = BasicNackOptions { requeue: true, multiple: false };
+                if let Err(error) = delivery.acker.nack(requeue).await {
+                    tracing::debug!(%error, "could not release a prefetched delivery; the broker requeues it when the channel closes");
+                }
+            }
+        });
+    }
+}
+
+pub(crate) async fn consume(
+    connection: &Connection,
+    queue: QueueName,
+    publisher: Publisher,
+    dead_letter: Option<DeadLetterTarget>,
+    options: &ConsumeOptions,
+) -> Result<DeliveryStream, BrokerError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| broker_error(e, &queue))?;
+    channel
+        .basic_qos(options.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| broker_error(e, &queue))?;
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| broker_error(e, &queue))?;
+    let shared = Arc::new(ConsumerShared {
+        queue,
+        publisher,
+        dead_letter,
+        channel: channel.clone(),
+    });
+    let guard = Guard {
+        channel,
+        consumer: Some(consumer),
+    };
+    let stream = futures_util::stream::unfold((guard, shared), |(mut guard, shared)| async move {
+        loop {
+            let consumer = guard.consumer.as_mut()?;
+            match consumer.next().await? {
+                Ok(delivery) => {
+                    let (message, attempt) =
+                        wire::decode(&delivery.properties, delivery.data, delivery.redelivered);
+                    let acknowledger = AmqpAcknowledger {
+                        acker: delivery.acker,
+                        shared: Arc::clone(&shared),
+                    };
+                    let delivery = Delivery::new(
+                        message,
+                        attempt,
+                        shared.queue.clone(),
+                        Box::new(acknowledger),
+                    );
+                    return Some((Ok(delivery), (guard, shared)));
+                }
+                Err(error) => {
+                    // lapin recovers the connection and replays this consumer; deliveries
+                    // from before the loss can no longer be acked (RabbitMQ redelivers them).
+                    tracing::warn!(queue = %shared.queue, %error, "consumer interrupted; waiting for recovery");
+                    if let Err(error) = guard.channel.wait_for_recovery(error).await {
+                        let error = broker_error(error, &shared.queue);
+                        return Some((Err(error), (guard, shared)));
+                    }
+                    tracing::info!(queue = %shared.queue, "consumer recovered");
+                }
+            }
+        }
+    });
+    Ok(stream.boxed())
+}

@@ -1,0 +1,178 @@
+//! Delays on RabbitMQ without plugins: a fixed ladder of TTL queues (NServiceBus's design).
+//!
+//! Level `L` is a queue whose per-queue TTL is `2^L` ms. A message delayed by `d` ms waits
+//! in the levels of the set bits of `d`, nowhere else, so it waits exactly `d` ms plus the
+//! broker's hops, never less. Per-queue TTL means every message in a level expires in
+//! arrival order: no head-of-line blocking. The number of queues is fixed ([`LEVELS`]) for
+//! any delay and any number of work queues.
+//!
+//! Routing: each level has a topic exchange. A delayed message is published to the top
+//! level's exchange with the routing key `b31.b30.….b0.<queue>` (`bL` is `0` or `1`). Level
+//! `L`'s exchange routes `1` at word `31-L` to its queue and `0` onward to level `L-1`'s
+//! exchange; each level queue dead-letters into the next level's exchange when its TTL ends.
+//! Past level 0 the `longshore.delivery` exchange routes by the queue-name suffix to the
+//! work queue.
+
+use std::time::Duration;
+
+/// Levels of the ladder: delays up to `2^32 - 1` ms (about 49.7 days).
+pub const LEVELS: u32 = 32;
+
+/// The exchange that routes a delayed message into its work queue after the last level.
+pub const DELIVERY_EXCHANGE: &str = "longshore.delivery";
+
+/// The longest delay the ladder can hold.
+pub const MAX_DELAY: Duration = Duration::from_millis((1 << LEVELS) - 1);
+
+/// The exchange and the queue of level `level`.
+pub fn level_name(level: u32) -> String {
+    format!("longshore.delay.{level:02}")
+}
+
+/// Where level `level`'s queue dead-letters and its `0` binding points: the next level down.
+pub fn next_exchange(level: u32) -> String {
+    match level {
+        0 => DELIVERY_EXCHANGE.to_owned(),
+        _ => level_name(level - 1),
+    }
+}
+
+/// The exchange a delayed message is published to.
+pub fn entry_exchange() -> String {
+    level_name(LEVELS - 1)
+}
+
+fn prefix(level: u32) -> String {
+    "*.".repeat((LEVELS - 1 - level) as usize)
+}
+
+/// Binding patterns of level `level`'s exchange: (to its queue, to the next exchange).
+pub fn level_patterns(level: u32) -> (String, String) {
+    (
+        format!("{}1.#", prefix(level)),
+        format!("{}0.#", prefix(level)),
+    )
+}
+
+/// The delivery exchange's binding pattern for a work queue.
+pub fn delivery_pattern(queue: &str) -> String {
+    format!("{}{queue}", "*.".repeat(LEVELS as usize))
+}
+
+/// Why a delay cannot go through the ladder.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DelayError {
+    /// Longer than [`MAX_DELAY`].
+    TooLong,
+    /// The routing key would pass AMQP's 255-byte limit.
+    QueueNameTooLong,
+}
+
+/// The routing key carrying `delay` (whole milliseconds, rounded up) to `queue`.
+pub fn routing_key(delay: Duration, queue: &str) -> Result<String, DelayError> {
+    let millis = delay.as_nanos().div_ceil(1_000_000);
+    if millis > u128::from(u32::MAX) {
+        return Err(DelayError::TooLong);
+    }
+    let mut key = String::with_capacity(2 * LEVELS as usize + queue.len());
+    for level in (0..LEVELS).rev() {
+        key.push(if millis & (1 << level) != 0 { '1' } else { '0' });
+        key.push('.');
+    }
+    key.push_str(queue);
+    if key.len() > 255 {
+        return Err(DelayError::QueueNameTooLong);
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Matches an AMQP topic pattern (`*` one word, `#` zero or more) against a key.
+    fn topic_match(pattern: &str, key: &str) -> bool {
+        fn go(p: &[&str], k: &[&str]) -> bool {
+            match (p.first(), k.first()) {
+                (None, None) => true,
+                (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+                (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+                (Some(a), Some(b)) if a == b => go(&p[1..], &k[1..]),
+                _ => false,
+            }
+        }
+        let p: Vec<&str> = pattern.split('.').collect();
+        let k: Vec<&str> = key.split('.').collect();
+        go(&p, &k)
+    }
+
+    /// Follows a message through the ladder as RabbitMQ would route it; returns the total
+    /// TTL it waits and the queue it lands in.
+    fn route(key: &str) -> (u64, Vec<String>) {
+        let mut waited = 0;
+        let mut visited = Vec::new();
+        for level in (0..LEVELS).rev() {
+            let (to_queue, onward) = level_patterns(level);
+            if topic_match(&to_queue, key) {
+                assert!(!topic_match(&onward, key));
+                waited += 1u64 << level;
+                visited.push(level_name(level));
+            } else {
+                assert!(
+                    topic_match(&onward, key),
+                    "level {level} routes {key} nowhere"
+                );
+            }
+        }
+        (waited, visited)
+    }
+
+    #[test]
+    fn a_delay_waits_exactly_its_set_bits() {
+        for millis in [
+            1u64,
+            2,
+            3,
+            20,
+            1500,
+            60_000,
+            3_600_000,
+            43_200_000,
+            u64::from(u32::MAX),
+        ] {
+            let key = routing_key(Duration::from_millis(millis), "orders").unwrap();
+            let (waited, visited) = route(&key);
+            assert_eq!(waited, millis);
+            assert_eq!(visited.len() as u32, millis.count_ones());
+            assert!(topic_match(&delivery_pattern("orders"), &key));
+        }
+    }
+
+    #[test]
+    fn sub_millisecond_delays_round_up_never_down() {
+        let key = routing_key(Duration::from_micros(1), "q").unwrap();
+        assert_eq!(route(&key).0, 1);
+    }
+
+    #[test]
+    fn dotted_queue_names_route_only_to_their_own_queue() {
+        let key = routing_key(Duration::from_millis(5), "app.emails").unwrap();
+        assert!(topic_match(&delivery_pattern("app.emails"), &key));
+        assert!(!topic_match(&delivery_pattern("emails"), &key));
+        let other = routing_key(Duration::from_millis(5), "x.app.emails").unwrap();
+        assert!(!topic_match(&delivery_pattern("app.emails"), &other));
+    }
+
+    #[test]
+    fn limits_are_clear_errors() {
+        assert_eq!(
+            routing_key(MAX_DELAY + Duration::from_millis(1), "q"),
+            Err(DelayError::TooLong)
+        );
+        assert_eq!(
+            routing_key(Duration::from_millis(1), &"q".repeat(200)),
+            Err(DelayError::QueueNameTooLong)
+        );
+        assert!(routing_key(MAX_DELAY, "q").is_ok());
+    }
+}
