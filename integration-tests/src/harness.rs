@@ -77,6 +77,9 @@ pub enum Behaviour {
     Sleep(u64),
     /// Run until the worker cancels the job.
     HangUntilCancelled,
+    /// Hang (until cancelled) while the attempt is below this number, then succeed: a job
+    /// whose first worker dies mid-run.
+    StallUntil(u32),
 }
 
 /// The job the conformance suite sends: a key to find it by and what to do.
@@ -199,6 +202,11 @@ pub async fn probe(job: Probe, recorder: Dep<Recorder>, ctx: JobContext) -> Resu
             ctx.cancelled().await;
             Err(JobError::retryable("cancelled"))
         }
+        Behaviour::StallUntil(n) if attempt < n => {
+            ctx.cancelled().await;
+            Err(JobError::retryable("cancelled"))
+        }
+        Behaviour::StallUntil(_) => Ok(()),
     }
 }
 
@@ -267,4 +275,15 @@ pub async fn amqp_broker() -> longshore::amqp::AmqpBroker {
             longshore::BrokerUrl::new(url)
         ),
     }
+}
+
+/// A plain lapin channel on the test RabbitMQ, for tests that act as "someone else".
+pub async fn raw_amqp_channel() -> (lapin::Connection, lapin::Channel) {
+    let connection = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|error| {
+            panic!("RabbitMQ is not reachable: {error}. Start it with `rabbitmq-server -detached` or run `scripts/test`")
+        });
+    let channel = connection.create_channel().await.expect("open a channel");
+    (connection, channel)
 }

@@ -1,14 +1,15 @@
-//! A worker process for the signal tests: runs probe jobs on the in-memory broker until
-//! SIGTERM/SIGINT, then prints its report and what is left in the queue.
+//! A worker process for the signal and crash tests: runs probe jobs until SIGTERM/SIGINT,
+//! then prints its report and what is left in the queue.
 //!
-//! Usage: `signal_worker <sleep|hang> <jobs> <concurrency>`. Prints `ready` once
-//! `concurrency` jobs are running.
+//! Usage: `signal_worker <sleep|hang|stall> <jobs> <concurrency> [<broker url> <queue>]`.
+//! Enqueues `jobs` probes first (on the in-memory broker when no URL is given), and prints
+//! `jobs running: ready` once `concurrency` jobs are running.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use integration_tests::harness::{Behaviour, Probe, Recorder, probe};
-use longshore::{Broker, MemoryBroker, Producer, QueueName, QueueOptions, Worker};
+use longshore::{Broker, Producer, QueueName, QueueOptions, Worker};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,21 +18,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_target(false)
         .init();
     let args: Vec<String> = std::env::args().collect();
-    let (mode, jobs, concurrency) = match args.as_slice() {
-        [_, mode, jobs, concurrency] => (
-            mode.clone(),
-            jobs.parse::<u32>()?,
-            concurrency.parse::<usize>()?,
-        ),
-        _ => return Err("usage: signal_worker <sleep|hang> <jobs> <concurrency>".into()),
+    let (mode, jobs, concurrency, url, queue) = match args.as_slice() {
+        [_, mode, jobs, concurrency] => (mode, jobs, concurrency, "memory://", "signals"),
+        [_, mode, jobs, concurrency, url, queue] => {
+            (mode, jobs, concurrency, url.as_str(), queue.as_str())
+        }
+        _ => {
+            return Err(
+                "usage: signal_worker <sleep|hang|stall> <jobs> <concurrency> [<url> <queue>]"
+                    .into(),
+            );
+        }
     };
+    let (jobs, concurrency) = (jobs.parse::<u32>()?, concurrency.parse::<usize>()?);
     let behaviour = match mode.as_str() {
         "sleep" => Behaviour::Sleep(500),
         "hang" => Behaviour::HangUntilCancelled,
+        "stall" => Behaviour::StallUntil(2),
         other => return Err(format!("unknown mode `{other}`").into()),
     };
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
-    let queue = QueueName::new("signals");
+    let broker: Arc<dyn Broker> = longshore::connect(url).await?;
+    let queue = QueueName::new(queue);
     broker.declare(&queue, &QueueOptions::default()).await?;
     let producer = Producer::new(Arc::clone(&broker), queue.clone());
     for key in 0..jobs {

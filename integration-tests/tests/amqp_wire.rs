@@ -1,0 +1,119 @@
+//! The documented wire format on RabbitMQ: a message from a plain AMQP client is processed,
+//! and retries through the delay queues carry no dead-letter history.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use integration_tests::conformance::{await_worker, cleanup, declared_queue, probe_worker};
+use integration_tests::harness::{
+    Harness, Recorder, Running, Timing, amqp_broker, raw_amqp_channel,
+};
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use longshore::{ConsumeOptions, Message, Trigger};
+
+async fn rabbitmq() -> Harness {
+    Harness {
+        broker: Arc::new(amqp_broker().await),
+        timing: Timing {
+            visibility: Duration::from_secs(1),
+            slack: Duration::from_millis(500),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_from_a_plain_amqp_client_is_processed() {
+    let h = rabbitmq().await;
+    let queue = declared_queue(&h, "foreign").await;
+    let (_connection, channel) = raw_amqp_channel().await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    // What a producer in another language sends: the JSON body and the job header. One
+    // sends the attempt as an integer, as some clients do.
+    for (key, attempt) in [(7, None), (8, Some(AMQPValue::LongInt(1)))] {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "longshore-job".into(),
+            AMQPValue::LongString("probe".into()),
+        );
+        headers.insert("tenant".into(), AMQPValue::LongString("acme".into()));
+        if let Some(attempt) = attempt {
+            headers.insert("longshore-attempt".into(), attempt);
+        }
+        let body = format!(r#"{{"key": {key}, "behaviour": "Succeed"}}"#);
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_headers(headers),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+    let recorder = Arc::new(Recorder::default());
+    let worker = Running::start(probe_worker(&h, &queue, &recorder));
+    await_worker(&h, &worker, "both foreign messages processed", |s| {
+        s.succeeded == 2
+    })
+    .await;
+    worker.stop().await;
+    for key in [7, 8] {
+        let runs = recorder.runs(key);
+        assert_eq!(runs.len(), 1);
+        assert_eq!((runs[0].attempt, &runs[0].trigger), (1, &Trigger::Queue));
+    }
+    cleanup(&h, &queue).await;
+}
+
+/// RabbitMQ drops a message dead-lettered into a queue it already passed through without a
+/// rejection in between ("cycle detection") when `x-death` says so. Retrying three times
+/// through the same delay queue must therefore not carry `x-death` along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_through_the_same_delay_queues_are_not_dropped_as_cycles() {
+    let h = rabbitmq().await;
+    let queue = declared_queue(&h, "cycles").await;
+    h.broker
+        .publish(&queue, Message::new("probe", b"{}".to_vec()))
+        .await
+        .unwrap();
+    let mut stream = h
+        .broker
+        .consume(&queue, &ConsumeOptions::default().prefetch(1))
+        .await
+        .unwrap();
+    for expected in 1..=4 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("attempt {expected} never came back: dropped as a cycle?"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivery.attempt().get(), expected);
+        assert!(
+            delivery
+                .message()
+                .headers
+                .keys()
+                .all(|name| !name.starts_with("x-"))
+        );
+        if expected < 4 {
+            // 7 ms = levels 0, 1 and 2 every time.
+            delivery.retry(Duration::from_millis(7)).await.unwrap();
+        } else {
+            delivery.ack().await.unwrap();
+        }
+    }
+    drop(stream);
+    cleanup(&h, &queue).await;
+}
