@@ -63,15 +63,31 @@ async fn a_broker_restart_under_load_loses_nothing() {
     .await;
     rabbitmqctl(&["stop_app"]);
     let during = recorder.total_runs();
-    eventually(Duration::from_secs(10), "the worker to see the connection drop", || async {
-        if amqp.is_connected() { Err("still connected".to_owned()) } else { Ok(()) }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the worker to see the connection drop",
+        || async {
+            if amqp.is_connected() {
+                Err("still connected".to_owned())
+            } else {
+                Ok(())
+            }
+        },
+    )
     .await;
     rabbitmqctl(&["start_app"]);
     rabbitmqctl(&["await_startup"]);
-    eventually(Duration::from_secs(60), "the worker to reconnect by itself", || async {
-        if amqp.is_connected() { Ok(()) } else { Err("not connected".to_owned()) }
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the worker to reconnect by itself",
+        || async {
+            if amqp.is_connected() {
+                Ok(())
+            } else {
+                Err("not connected".to_owned())
+            }
+        },
+    )
     .await;
 
     eventually(

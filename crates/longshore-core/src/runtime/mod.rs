@@ -383,18 +383,22 @@ impl Worker {
         );
         tracing::info!(queue = %self.queue, system = self.shared.system, concurrency = self.concurrency, "worker started");
 
+        // One shutdown future for the whole loop: a fresh one per select would register and
+        // unregister a waiter on the token twice per delivery.
+        let stopping = graceful.cancelled();
+        tokio::pin!(stopping);
         // A permit first, then a delivery: the worker never holds a delivery it cannot start.
         loop {
             let permit = tokio::select! {
                 biased;
-                () = graceful.cancelled() => break,
+                () = &mut stopping => break,
                 permit = Arc::clone(&permits).acquire_owned() => {
                     permit.expect("the semaphore is never closed")
                 }
             };
             let delivery = tokio::select! {
                 biased;
-                () = graceful.cancelled() => break,
+                () = &mut stopping => break,
                 delivery = feed.next() => delivery,
             };
             let shared = Arc::clone(&self.shared);

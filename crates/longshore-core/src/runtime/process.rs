@@ -79,7 +79,9 @@ async fn run(shared: &Shared, delivery: Delivery) -> Counted {
         .await;
     };
 
-    let cancellation = shared.deadline.child_token();
+    // Every job is stopped by the same deadline: share its token (a child token would lock
+    // the parent's tree on every job's start and end).
+    let cancellation = shared.deadline.clone();
     let context = JobContext::new(
         message.id.clone(),
         message.job.clone(),
