@@ -40,3 +40,64 @@ ensure_rabbitmq() {
   wait_for "RabbitMQ on 127.0.0.1:5672" 60 port_open 127.0.0.1 5672
   log "RabbitMQ is up on 127.0.0.1:5672"
 }
+
+SQS_PORT=4566
+SQS_ENDPOINT="http://127.0.0.1:${SQS_PORT}"
+LOCALSTACK_VERSION=2026.3.0
+MOTO_VERSION=5.2.5
+
+sqs_answers() { curl -fsS -o /dev/null "${SQS_ENDPOINT}/_localstack/health" 2>/dev/null || curl -fsS -o /dev/null "${SQS_ENDPOINT}/moto-api/" 2>/dev/null; }
+
+# Python 3.13 for LocalStack's runtime (3.11 and 3.12 fail at import).
+find_python313() {
+  local candidate
+  for candidate in python3.13 /root/.pyenv/versions/3.13*/bin/python3.13 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13; do
+    if command -v "$candidate" >/dev/null 2>&1; then command -v "$candidate"; return 0; fi
+  done
+  return 1
+}
+
+# An SQS emulator on 127.0.0.1:4566: LocalStack's runtime (what docker-compose users run), or
+# moto's server when no Python 3.13 is at hand. Installed into .build/ on first use; stopped
+# by stop_services.
+ensure_sqs_emulator() {
+  if sqs_answers; then
+    log "an SQS emulator answers on ${SQS_ENDPOINT}"
+    return
+  fi
+  mkdir -p .build
+  local python
+  if python=$(find_python313); then
+    if [ ! -x .build/localstack/bin/python ] || ! .build/localstack/bin/python -c 'import localstack' 2>/dev/null; then
+      log "installing LocalStack ${LOCALSTACK_VERSION} into .build/localstack"
+      "$python" -m venv .build/localstack
+      .build/localstack/bin/pip install -q "localstack-core[base-runtime]==${LOCALSTACK_VERSION}" \
+        'cbor2<6' 'pyopenssl<25' 'cryptography<45' service_identity
+    fi
+    log "starting LocalStack (SQS) on ${SQS_ENDPOINT}"
+    mkdir -p .build/localstack-data
+    SERVICES=sqs GATEWAY_LISTEN="127.0.0.1:${SQS_PORT}" LOCALSTACK_HOST="127.0.0.1:${SQS_PORT}" \
+      SQS_ENDPOINT_STRATEGY=path OVERRIDE_IN_DOCKER=0 DNS_ADDRESS=0 SKIP_SSL_CERT_DOWNLOAD=1 \
+      DISABLE_EVENTS=1 FILESYSTEM_ROOT="$PWD/.build/localstack-data" \
+      LOCALSTACK_VOLUME_DIR="$PWD/.build/localstack-data" \
+      .build/localstack/bin/python -m localstack.runtime.main >.build/localstack.log 2>&1 &
+  else
+    log "no Python 3.13 for LocalStack; falling back to moto's server (slower; see README)"
+    if [ ! -x .build/moto/bin/moto_server ]; then
+      python3 -m venv .build/moto
+      .build/moto/bin/pip install -q "moto[server]==${MOTO_VERSION}"
+    fi
+    .build/moto/bin/moto_server -H 127.0.0.1 -p "${SQS_PORT}" >.build/moto.log 2>&1 &
+  fi
+  STARTED_PIDS+=("$!")
+  wait_for "the SQS emulator on ${SQS_ENDPOINT}" 90 sqs_answers
+  log "the SQS emulator is up on ${SQS_ENDPOINT}"
+}
+
+STARTED_PIDS=()
+stop_services() {
+  local pid
+  for pid in "${STARTED_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+}

@@ -287,3 +287,59 @@ pub async fn raw_amqp_channel() -> (lapin::Connection, lapin::Channel) {
     let channel = connection.create_channel().await.expect("open a channel");
     (connection, channel)
 }
+
+/// The SQS emulator tests use: `LONGSHORE_SQS_ENDPOINT`, or LocalStack on 127.0.0.1:4566.
+pub fn sqs_endpoint() -> String {
+    std::env::var("LONGSHORE_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+}
+
+/// Connects to the SQS emulator, or fails saying how to start it.
+pub async fn sqs_broker() -> longshore::sqs::SqsBroker {
+    let endpoint = sqs_endpoint();
+    let broker = longshore::sqs::SqsBroker::builder("sqs://")
+        .endpoint_url(endpoint.clone())
+        .region("us-east-1")
+        .static_credentials("test", "test")
+        .connect()
+        .await
+        .expect("an SQS client");
+    let probe = unique_queue("reach");
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        longshore::Broker::stats(&broker, &probe),
+    )
+    .await
+    {
+        Ok(Err(longshore::BrokerError::QueueNotFound { .. })) => broker,
+        Ok(other) => panic!(
+            "the SQS emulator at {endpoint} does not answer ({other:?}); run `scripts/test`, which \
+             installs and starts LocalStack, or set LONGSHORE_SQS_ENDPOINT"
+        ),
+        Err(_) => {
+            panic!("the SQS emulator at {endpoint} did not answer within 10 s; run `scripts/test`")
+        }
+    }
+}
+
+/// A plain aws-sdk-sqs client on the emulator, for tests that act as "someone else".
+pub async fn raw_sqs_client() -> aws_sdk_sqs::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(sqs_endpoint())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&config)
+}
+
+/// Environment for a worker process talking to the SQS emulator.
+pub fn sqs_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", sqs_endpoint()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+    ]
+}

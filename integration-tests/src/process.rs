@@ -14,8 +14,14 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts `exe` with `args` (tests pass `env!("CARGO_BIN_EXE_signal_worker")`).
     pub fn start(exe: &str, args: &[String]) -> Self {
+        Self::start_with_env(exe, args, &[])
+    }
+
+    /// Starts `exe` with `args` and extra environment variables.
+    pub fn start_with_env(exe: &str, args: &[String], env: &[(&str, String)]) -> Self {
         let mut child = Command::new(exe)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .spawn()
             .expect("start signal_worker");

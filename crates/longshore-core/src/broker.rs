@@ -54,6 +54,13 @@ pub trait Broker: Send + Sync + 'static {
         queue.dead_letter_queue()
     }
 
+    /// After how many deliveries the broker itself dead-letters a message of `queue` (an SQS
+    /// redrive policy's `maxReceiveCount`, a quorum queue's delivery limit), if it does and
+    /// it is known (after `declare` or `verify`).
+    fn max_receive_count(&self, _queue: &QueueName) -> Option<u32> {
+        None
+    }
+
     /// How many messages the queue holds, by state.
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats, BrokerError>;
 }

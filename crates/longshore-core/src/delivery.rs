@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 use crate::broker::BrokerError;
 use crate::message::Message;
@@ -68,7 +69,7 @@ pub struct Delivery {
     message: Message,
     attempt: Attempt,
     queue: QueueName,
-    lease: Option<Duration>,
+    lease: Option<(Duration, Instant)>,
     acknowledger: Box<dyn Acknowledger>,
 }
 
@@ -89,10 +90,17 @@ impl Delivery {
         }
     }
 
-    /// Marks the delivery as leased for `lease` (its visibility timeout): the runtime then
-    /// extends it while the job runs. Brokers that hold deliveries per consumer leave it unset.
-    pub fn with_lease(mut self, lease: Duration) -> Self {
-        self.lease = Some(lease);
+    /// Marks the delivery as leased for `lease` (its visibility timeout) from now: the
+    /// runtime then extends it while the job runs. Brokers that hold deliveries per consumer
+    /// leave it unset.
+    pub fn with_lease(self, lease: Duration) -> Self {
+        self.with_lease_until(lease, Instant::now() + lease)
+    }
+
+    /// Marks the delivery as leased until `deadline`, renewable by `lease` at a time: for a
+    /// delivery that waited in a receive buffer, so its first renewal comes in time.
+    pub fn with_lease_until(mut self, lease: Duration, deadline: Instant) -> Self {
+        self.lease = Some((lease, deadline));
         self
     }
 
@@ -113,7 +121,12 @@ impl Delivery {
 
     /// The visibility timeout it was received with, if the broker leases deliveries.
     pub fn lease(&self) -> Option<Duration> {
-        self.lease
+        self.lease.map(|(lease, _)| lease)
+    }
+
+    /// When the current lease ends, if the broker leases deliveries.
+    pub fn lease_deadline(&self) -> Option<Instant> {
+        self.lease.map(|(_, deadline)| deadline)
     }
 
     /// Settles the delivery as `settlement`.

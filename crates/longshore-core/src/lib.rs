@@ -75,4 +75,4 @@ pub use runtime::{
     WorkerReport, WorkerStats,
 };
 pub use scope::{Dep, FromScope, JobOutcome, Requirement, Root, Scope};
-pub use url::BrokerUrl;
+pub use url::{BrokerUrl, Secret};

@@ -56,6 +56,11 @@ pub struct Message {
     pub enqueued_at: SystemTime,
     /// Do not deliver before this much time has passed since publishing.
     pub delay: Option<Duration>,
+    /// Ordering group (SQS FIFO `MessageGroupId`): messages of one group run one at a time,
+    /// in order. Ignored by brokers without groups.
+    pub group: Option<String>,
+    /// Deduplication id (SQS FIFO `MessageDeduplicationId`); the message id when `None`.
+    pub deduplication_id: Option<String>,
 }
 
 impl Message {
@@ -68,6 +73,8 @@ impl Message {
             headers: Headers::new(),
             enqueued_at: SystemTime::now(),
             delay: None,
+            group: None,
+            deduplication_id: None,
         }
     }
 
@@ -106,6 +113,8 @@ impl Message {
             headers: wire,
             enqueued_at,
             delay: None,
+            group: None,
+            deduplication_id: None,
         }
     }
 }

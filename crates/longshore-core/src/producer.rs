@@ -34,6 +34,10 @@ pub struct EnqueueOptions {
     pub headers: Headers,
     /// The message id; a fresh UUID v7 when `None`.
     pub id: Option<MessageId>,
+    /// Ordering group (SQS FIFO `MessageGroupId`; the job name when `None` on a FIFO queue).
+    pub group: Option<String>,
+    /// Deduplication id (SQS FIFO); the message id when `None`.
+    pub deduplication_id: Option<String>,
 }
 
 impl EnqueueOptions {
@@ -46,6 +50,18 @@ impl EnqueueOptions {
     /// Adds a header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the ordering group (SQS FIFO `MessageGroupId`).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Sets the deduplication id (SQS FIFO `MessageDeduplicationId`).
+    pub fn deduplication_id(mut self, id: impl Into<String>) -> Self {
+        self.deduplication_id = Some(id.into());
         self
     }
 
@@ -131,6 +147,8 @@ impl Producer {
             headers: options.headers,
             enqueued_at: SystemTime::now(),
             delay: options.delay.filter(|d| !d.is_zero()),
+            group: options.group,
+            deduplication_id: options.deduplication_id,
         };
         let id = message.id.clone();
         self.broker.publish(&self.queue, message).await?;

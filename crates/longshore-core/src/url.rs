@@ -109,3 +109,43 @@ mod tests {
         );
     }
 }
+
+/// A secret (an AWS secret key, a token): `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself, for the client that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::Secret;
+
+    #[test]
+    fn secrets_never_show() {
+        let secret = Secret::new("wJalrXUtnFEMI");
+        assert_eq!(format!("{secret} {secret:?}"), "*** Secret(***)");
+        assert_eq!(secret.expose(), "wJalrXUtnFEMI");
+    }
+}

@@ -68,8 +68,8 @@
 //! ## Brokers
 //!
 //! [`connect`] picks the broker from a URL: `memory://` (or an empty string) is the
-//! embedded [`MemoryBroker`]; `amqp://` and `amqps://` are RabbitMQ (feature `amqp`, see
-//! [`amqp`] for its settings).
+//! embedded [`MemoryBroker`]; `amqp://` and `amqps://` are RabbitMQ (feature `amqp`);
+//! `sqs://` or an SQS queue URL is Amazon SQS (feature `sqs`).
 
 use std::sync::Arc;
 
@@ -78,6 +78,10 @@ pub use longshore_core::*;
 /// The RabbitMQ adapter (feature `amqp`).
 #[cfg(feature = "amqp")]
 pub use longshore_amqp as amqp;
+
+/// The Amazon SQS adapter (feature `sqs`).
+#[cfg(feature = "sqs")]
+pub use longshore_sqs as sqs;
 
 /// Why [`connect`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,9 +105,18 @@ pub enum ConnectError {
     },
 }
 
+#[cfg(feature = "sqs")]
+async fn sqs_broker(url: BrokerUrl) -> Result<Arc<dyn Broker>, ConnectError> {
+    match longshore_sqs::SqsBroker::connect(url.clone()).await {
+        Ok(broker) => Ok(Arc::new(broker)),
+        Err(source) => Err(ConnectError::Broker { url, source }),
+    }
+}
+
 /// Connects to the broker a URL names: `memory://` (or an empty string) is the embedded
 /// in-memory broker; `amqp://user:pass@host:port/vhost` and `amqps://…` are RabbitMQ
-/// (feature `amqp`).
+/// (feature `amqp`); `sqs://` or an SQS queue URL is Amazon SQS, configured from the
+/// standard AWS chain (feature `sqs`).
 pub async fn connect(url: impl Into<BrokerUrl>) -> Result<Arc<dyn Broker>, ConnectError> {
     let url = url.into();
     match url.scheme().as_str() {
@@ -114,6 +127,14 @@ pub async fn connect(url: impl Into<BrokerUrl>) -> Result<Arc<dyn Broker>, Conne
             Ok(broker) => Ok(Arc::new(broker)),
             Err(source) => Err(ConnectError::Broker { url, source }),
         },
+        #[cfg(feature = "sqs")]
+        "sqs" => sqs_broker(url).await,
+        #[cfg(feature = "sqs")]
+        "https" | "http"
+            if url.expose().contains("/queue/") || url.expose().contains("amazonaws.com") =>
+        {
+            sqs_broker(url).await
+        }
         _ => Err(ConnectError::UnsupportedScheme {
             url,
             hint: " (enable the `amqp` feature for amqp:// and amqps://, `sqs` for sqs://)",

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use integration_tests::harness::{Behaviour, Probe, Recorder, probe};
-use longshore::{Broker, Producer, QueueName, QueueOptions, Worker};
+use longshore::{Broker, Producer, QueueName, QueueOptions, Topology, Worker};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,7 +39,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let broker: Arc<dyn Broker> = longshore::connect(url).await?;
     let queue = QueueName::new(queue);
-    broker.declare(&queue, &QueueOptions::default()).await?;
+    // On a real broker the test declared the queue: plug into it as it is.
+    let topology = if url == "memory://" {
+        broker.declare(&queue, &QueueOptions::default()).await?;
+        Topology::Declare
+    } else {
+        broker.verify(&queue).await?;
+        Topology::Verify
+    };
     let producer = Producer::new(Arc::clone(&broker), queue.clone());
     for key in 0..jobs {
         producer.enqueue(&Probe { key, behaviour }).await?;
@@ -50,6 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .handler(probe)
         .concurrency(concurrency)
         .shutdown_timeout(Duration::from_secs(60))
+        .topology(topology)
         .build()?;
     let watcher = Arc::clone(&recorder);
     tokio::spawn(async move {

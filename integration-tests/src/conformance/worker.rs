@@ -379,6 +379,7 @@ pub async fn scoped_values_are_fresh_and_disposed_on_every_outcome(h: &Harness) 
             },
         )
         .handler(probe_in_tx)
+        .queue_options(longshore::QueueOptions::default().visibility_timeout(h.timing.visibility))
         .concurrency(1)
         .retry_policy(longshore::RetryPolicy::exponential(
             Duration::from_millis(10),

@@ -369,6 +369,20 @@ impl Worker {
             queue: self.queue.clone(),
             source,
         })?;
+        if let Some(limit) = self.broker.max_receive_count(&self.queue) {
+            for (job, registration) in &self.shared.registry {
+                let attempts = registration.retry.max_attempts();
+                if attempts > limit {
+                    tracing::warn!(
+                        queue = %self.queue, %job, attempts, limit,
+                        "the broker dead-letters a message after {limit} deliveries, but job `{job}` \
+                         may take {attempts} attempts: its last attempts will not happen, and the \
+                         broker's dead letter carries no reason; raise the queue's limit or lower \
+                         the job's max attempts"
+                    );
+                }
+            }
+        }
 
         let Shutdown {
             graceful,

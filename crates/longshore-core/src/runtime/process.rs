@@ -159,13 +159,13 @@ async fn attempt(registration: &Registration, body: &[u8], scope: &Scope) -> Res
     }
 }
 
-/// Keeps a leased delivery invisible while its job runs, renewing at half the lease.
-/// Completes only if the lease is lost; never for brokers without leases.
+/// Keeps a leased delivery invisible while its job runs, renewing at half the remaining
+/// lease. Completes only if the lease is lost; never for brokers without leases.
 async fn heartbeat(delivery: &Delivery) -> BrokerError {
-    let Some(lease) = delivery.lease() else {
+    let (Some(lease), Some(deadline)) = (delivery.lease(), delivery.lease_deadline()) else {
         return std::future::pending().await;
     };
-    let mut wait = lease / 2;
+    let mut wait = deadline.saturating_duration_since(tokio::time::Instant::now()) / 2;
     loop {
         tokio::time::sleep(wait).await;
         match delivery.extend(lease).await {

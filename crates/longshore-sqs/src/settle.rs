@@ -1,0 +1,210 @@
+//! Settlement on SQS: `ack` = `DeleteMessage` (batched); `retry(delay)` =
+//! `ChangeMessageVisibility` to the delay, so `ApproximateReceiveCount` and the queue's
+//! redrive policy keep working; `release` = visibility 0; `dead_letter(reason)` = send to the
+//! redrive target with the reason, then delete; `extend` = the heartbeat.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use longshore_core::{
+    Acknowledger, Attempt, BrokerError, Message, MessageId, Settlement, headers, unix_millis,
+};
+use tokio::time::Instant;
+
+use crate::client::settle_error;
+use crate::consume::Received;
+use crate::fifo::{Ended, Gate, release_all};
+use crate::publish;
+use crate::queue::QueueCtx;
+use crate::topology::seconds_up;
+
+/// SQS's longest visibility timeout (12 hours).
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
+
+/// A FIFO delivery's group and the gate that holds the rest of it.
+pub(crate) type GroupGate = (Arc<Gate<Received>>, String);
+
+pub(crate) struct SqsAcknowledger {
+    ctx: Arc<QueueCtx>,
+    receipt: String,
+    message_id: MessageId,
+    sqs_id: String,
+    group: Option<String>,
+    /// FIFO: told (once) when this delivery ends.
+    gate: Mutex<Option<GroupGate>>,
+    /// When our lease ends, as far as we know. Past it the receipt may belong to nobody or
+    /// to a stale receive, and SQS can accept a delete that deletes nothing; so settling
+    /// refuses locally with [`BrokerError::LeaseLost`].
+    deadline: Mutex<Instant>,
+}
+
+impl SqsAcknowledger {
+    pub(crate) fn new(
+        ctx: Arc<QueueCtx>,
+        receipt: String,
+        message_id: MessageId,
+        sqs_id: String,
+        group: Option<String>,
+        deadline: Instant,
+        gate: Option<GroupGate>,
+    ) -> Self {
+        Self {
+            ctx,
+            receipt,
+            message_id,
+            sqs_id,
+            group,
+            gate: Mutex::new(gate),
+            deadline: Mutex::new(deadline),
+        }
+    }
+
+    /// Tells the FIFO gate how this delivery ended (once); hands the held rest of its group
+    /// back to SQS if the group must start again.
+    pub(crate) fn end(&self, how: Ended) {
+        let gate = self
+            .gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some((gate, group)) = gate else { return };
+        let (receipts, until) = gate.ended(&group, how);
+        if receipts.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(release_all(Arc::clone(&self.ctx), receipts, until));
+        }
+    }
+
+    fn held(&self, message_id: &MessageId) -> Result<(), BrokerError> {
+        if Instant::now() >= *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Err(BrokerError::LeaseLost {
+                queue: self.ctx.name.clone(),
+                message_id: message_id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn delete(&self, message_id: &MessageId) -> Result<(), BrokerError> {
+        self.ctx.delete(self.receipt.clone(), message_id).await
+    }
+
+    pub(crate) async fn change_visibility(
+        &self,
+        message_id: &MessageId,
+        seconds: i32,
+    ) -> Result<(), BrokerError> {
+        self.ctx
+            .client
+            .change_message_visibility()
+            .queue_url(&self.ctx.info.url)
+            .receipt_handle(&self.receipt)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+            .map_err(|error| settle_error(error, &self.ctx.name, message_id))?;
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &Message,
+        attempt: Attempt,
+        reason: String,
+    ) -> Result<(), BrokerError> {
+        let Some((dlq, url)) = &self.ctx.info.dead_letter else {
+            return Err(BrokerError::Topology {
+                queue: self.ctx.name.clone(),
+                problem: format!(
+                    "it has no redrive target to move message `{}` to; add a redrive policy",
+                    message.id
+                ),
+            });
+        };
+        let mut dead = message.clone();
+        dead.delay = None;
+        dead.headers.insert(headers::DEAD_REASON.into(), reason);
+        dead.headers
+            .insert(headers::DEAD_ATTEMPT.into(), attempt.get().to_string());
+        dead.headers.insert(
+            headers::DEAD_AT.into(),
+            unix_millis(SystemTime::now()).to_string(),
+        );
+        dead.headers
+            .insert(headers::DEAD_QUEUE.into(), self.ctx.name.to_string());
+        dead.group = self.group.clone();
+        dead.deduplication_id = Some(format!("{}-dead-{attempt}", message.id));
+        let fifo = dlq.as_str().ends_with(".fifo");
+        publish::send(&self.ctx.client, dlq, url, fifo, &dead).await?;
+        self.delete(&message.id).await
+    }
+
+    async fn settle_now(
+        &self,
+        message: &Message,
+        attempt: Attempt,
+        settlement: Settlement,
+    ) -> Result<(), BrokerError> {
+        self.held(&message.id)?;
+        match settlement {
+            Settlement::Ack => self.delete(&message.id).await,
+            Settlement::Release => self.change_visibility(&message.id, 0).await,
+            Settlement::Retry { delay } => {
+                // Never visibility 0 for a retry (a hot redelivery loop); at most 12 hours.
+                if delay > MAX_VISIBILITY {
+                    tracing::warn!(
+                        ?delay,
+                        "SQS retries wait at most 12 hours (the longest visibility timeout)"
+                    );
+                }
+                let seconds = seconds_up(delay.min(MAX_VISIBILITY)).max(1);
+                self.change_visibility(&message.id, seconds).await
+            }
+            Settlement::DeadLetter { reason } => self.dead_letter(message, attempt, reason).await,
+        }
+    }
+}
+
+#[async_trait]
+impl Acknowledger for SqsAcknowledger {
+    async fn settle(
+        &self,
+        message: &Message,
+        attempt: Attempt,
+        settlement: Settlement,
+    ) -> Result<(), BrokerError> {
+        let how = match &settlement {
+            Settlement::Ack | Settlement::DeadLetter { .. } => Ended::Done,
+            Settlement::Release => Ended::Returned,
+            Settlement::Retry { delay } => Ended::Retried {
+                until: Instant::now()
+                    + Duration::from_secs(seconds_up((*delay).min(MAX_VISIBILITY)).max(1) as u64),
+                sqs_id: self.sqs_id.clone(),
+            },
+        };
+        let result = self.settle_now(message, attempt, settlement).await;
+        // A failed settlement leaves the message to come back from SQS: the group restarts.
+        self.end(if result.is_ok() { how } else { Ended::Returned });
+        result
+    }
+
+    async fn extend(&self, by: Duration) -> Result<(), BrokerError> {
+        self.held(&self.message_id)?;
+        let seconds = seconds_up(by.min(MAX_VISIBILITY));
+        let asked = Instant::now();
+        self.change_visibility(&self.message_id, seconds).await?;
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) =
+            asked + Duration::from_secs(seconds as u64);
+        Ok(())
+    }
+}
+
+impl Drop for SqsAcknowledger {
+    /// A delivery dropped unsettled (lost lease, immediate shutdown) frees its group.
+    fn drop(&mut self) {
+        self.end(Ended::Returned);
+    }
+}

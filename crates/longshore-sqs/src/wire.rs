@@ -1,0 +1,234 @@
+//! longshore's wire format on SQS: the body is the job as JSON; message attributes carry
+//! the rest, packed so users keep room for their own (SQS allows 10 per message):
+//!
+//! - `longshore-job` (String, required): the job name;
+//! - `longshore-meta` (String, optional): a JSON object with the message id (`id`), enqueue
+//!   time (`enqueued_at`, Unix ms), the due time of a long delay (`due_at`), the trace
+//!   context (`traceparent`, `tracestate`) and, on dead letters, `longshore-dead-*`;
+//! - every other String or Number attribute is a user header.
+//!
+//! The attempt is SQS's own `ApproximateReceiveCount`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_sqs::types::MessageAttributeValue;
+use longshore_core::{BrokerError, Headers, Message, headers, unix_millis};
+
+/// The job-name attribute.
+pub const JOB: &str = headers::JOB;
+/// The packed metadata attribute.
+pub const META: &str = "longshore-meta";
+/// SQS's limit on message attributes.
+pub const MAX_ATTRIBUTES: usize = 10;
+/// SQS's limit on a message: body and attributes together.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+const DUE_AT: &str = "due_at";
+
+/// Headers that travel inside `longshore-meta` rather than as attributes of their own.
+fn packed(name: &str) -> bool {
+    headers::is_reserved(name) || name == headers::TRACEPARENT || name == headers::TRACESTATE
+}
+
+fn string(value: impl Into<String>) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .expect("data type is set")
+}
+
+/// The attributes for `message`, due at `due_at` when a long delay needs hops.
+pub(crate) fn encode(
+    message: &Message,
+    due_at: Option<SystemTime>,
+) -> Result<Vec<(String, MessageAttributeValue)>, BrokerError> {
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        "id".to_owned(),
+        serde_json::Value::from(message.id.as_str()),
+    );
+    meta.insert(
+        "enqueued_at".to_owned(),
+        serde_json::Value::from(unix_millis(message.enqueued_at)),
+    );
+    if let Some(due_at) = due_at {
+        meta.insert(
+            DUE_AT.to_owned(),
+            serde_json::Value::from(unix_millis(due_at)),
+        );
+    }
+    // SQS takes no empty attribute; a message without a job name goes without (the worker
+    // dead-letters it with the reason).
+    let mut attributes = Vec::new();
+    if !message.job.as_str().is_empty() {
+        attributes.push((JOB.to_owned(), string(message.job.as_str())));
+    }
+    for (name, value) in &message.headers {
+        if packed(name) {
+            meta.insert(name.clone(), serde_json::Value::from(value.as_str()));
+        } else {
+            attributes.push((name.clone(), string(value.as_str())));
+        }
+    }
+    let meta = serde_json::Value::Object(meta.into_iter().collect()).to_string();
+    attributes.push((META.to_owned(), string(meta)));
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(BrokerError::InvalidMessage {
+            message_id: message.id.clone(),
+            problem: format!(
+                "SQS allows {MAX_ATTRIBUTES} message attributes; longshore uses 2, so a message can carry at \
+                 most {} headers of your own (this one has {})",
+                MAX_ATTRIBUTES - 2,
+                attributes.len() - 2
+            ),
+        });
+    }
+    let size = message.body.len()
+        + attributes
+            .iter()
+            .map(|(name, value)| {
+                name.len() + value.data_type().len() + value.string_value().map_or(0, str::len)
+            })
+            .sum::<usize>();
+    if size > MAX_MESSAGE_BYTES {
+        return Err(BrokerError::InvalidMessage {
+            message_id: message.id.clone(),
+            problem: format!(
+                "it is {size} bytes with its attributes; SQS takes at most {MAX_MESSAGE_BYTES} (store large \
+                 payloads elsewhere and enqueue a reference)"
+            ),
+        });
+    }
+    Ok(attributes)
+}
+
+/// A received message: longshore's message and, for a long delay, when it is due.
+pub(crate) fn decode(
+    body: Option<&str>,
+    attributes: Option<&std::collections::HashMap<String, MessageAttributeValue>>,
+    sqs_id: Option<&str>,
+) -> (Message, Option<SystemTime>) {
+    let mut wire = Headers::new();
+    let mut due_at = None;
+    for (name, value) in attributes.into_iter().flatten() {
+        let Some(text) = value.string_value() else {
+            continue;
+        };
+        if name == META {
+            match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
+                Ok(meta) => {
+                    for (key, value) in meta {
+                        let value = match value {
+                            serde_json::Value::String(s) => s,
+                            other => other.to_string(),
+                        };
+                        match key.as_str() {
+                            "id" => wire.insert(headers::MESSAGE_ID.to_owned(), value),
+                            "enqueued_at" => wire.insert(headers::ENQUEUED_AT.to_owned(), value),
+                            DUE_AT => {
+                                due_at = value
+                                    .parse::<u64>()
+                                    .ok()
+                                    .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+                                None
+                            }
+                            _ => wire.insert(key, value),
+                        };
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "ignoring an unreadable `longshore-meta` attribute")
+                }
+            }
+        } else {
+            wire.insert(name.clone(), text.to_owned());
+        }
+    }
+    let message = Message::from_wire(wire, body.unwrap_or_default().as_bytes().to_vec(), sqs_id);
+    (message, due_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn received(
+        attributes: Vec<(String, MessageAttributeValue)>,
+    ) -> HashMap<String, MessageAttributeValue> {
+        attributes.into_iter().collect()
+    }
+
+    #[test]
+    fn round_trip_packs_trace_context_and_keeps_user_headers_apart() {
+        let mut message = Message::new("resize", br#"{"w":1}"#.to_vec());
+        message
+            .headers
+            .insert(headers::TRACEPARENT.into(), "00-aa-bb-01".into());
+        message.headers.insert("tenant".into(), "acme".into());
+        let attributes = encode(&message, None).unwrap();
+        let names: Vec<&str> = attributes.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![JOB, "tenant", META],
+            "trace context rides in the meta attribute"
+        );
+        let (back, due) = decode(
+            Some(r#"{"w":1}"#),
+            Some(&received(attributes)),
+            Some("sqs-id"),
+        );
+        assert_eq!(
+            (back.id, back.job, back.body),
+            (message.id, message.job, message.body)
+        );
+        assert_eq!(
+            back.headers.get(headers::TRACEPARENT).map(String::as_str),
+            Some("00-aa-bb-01")
+        );
+        assert_eq!(back.headers.get("tenant").map(String::as_str), Some("acme"));
+        assert_eq!(due, None);
+    }
+
+    #[test]
+    fn due_time_travels_in_meta() {
+        let message = Message::new("x", vec![]);
+        let due = UNIX_EPOCH + Duration::from_millis(1_800_000_000_000);
+        let (_, back) = decode(
+            Some(""),
+            Some(&received(encode(&message, Some(due)).unwrap())),
+            None,
+        );
+        assert_eq!(back, Some(due));
+    }
+
+    #[test]
+    fn too_many_headers_or_bytes_are_clear_errors() {
+        let mut message = Message::new("x", vec![]);
+        for n in 0..9 {
+            message.headers.insert(format!("h{n}"), "v".into());
+        }
+        let error = encode(&message, None).unwrap_err().to_string();
+        assert!(
+            error.contains("at most 8 headers of your own (this one has 9)"),
+            "{error}"
+        );
+
+        let big = Message::new("x", vec![b'a'; MAX_MESSAGE_BYTES]);
+        let error = encode(&big, None).unwrap_err().to_string();
+        assert!(error.contains("SQS takes at most 1048576"), "{error}");
+    }
+
+    #[test]
+    fn a_plain_message_needs_only_the_job_attribute() {
+        let attributes = received(vec![(JOB.to_owned(), string("resize"))]);
+        let (message, due) = decode(Some("{}"), Some(&attributes), Some("sqs-id"));
+        assert_eq!(
+            (message.job.as_str(), message.id.as_str(), due),
+            ("resize", "sqs-id", None)
+        );
+    }
+}
