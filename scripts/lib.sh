@@ -48,11 +48,15 @@ MOTO_VERSION=5.2.5
 
 sqs_answers() { curl -fsS -o /dev/null "${SQS_ENDPOINT}/_localstack/health" 2>/dev/null || curl -fsS -o /dev/null "${SQS_ENDPOINT}/moto-api/" 2>/dev/null; }
 
-# Python 3.13 for LocalStack's runtime (3.11 and 3.12 fail at import).
+# Python 3.13 for LocalStack's runtime (3.11 and 3.12 fail at import). A candidate must
+# run: pyenv's shims exist on PATH for versions that are not selected.
 find_python313() {
   local candidate
-  for candidate in python3.13 /root/.pyenv/versions/3.13*/bin/python3.13 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13; do
-    if command -v "$candidate" >/dev/null 2>&1; then command -v "$candidate"; return 0; fi
+  for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13 /root/.pyenv/versions/3.13*/bin/python3.13 python3.13; do
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' >/dev/null 2>&1; then
+      command -v "$candidate"
+      return 0
+    fi
   done
   return 1
 }

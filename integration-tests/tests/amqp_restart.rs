@@ -25,6 +25,11 @@ fn rabbitmqctl(args: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_under_load_loses_nothing() {
     const JOBS: u32 = 5_000;
+    // RUST_LOG=lapin=debug shows the recovery when investigating.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let amqp = amqp_broker().await;
     let h = Harness {
         broker: Arc::new(amqp.clone()),

@@ -26,6 +26,8 @@ pub(crate) struct ConsumerShared {
         reason = "held, never read: keeps the channel open for settlement"
     )]
     pub(crate) channel: Channel,
+    /// Changes when the connection this consumer is on is replaced.
+    pub(crate) replaced: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Owns the lapin consumer; when the stream is dropped it cancels the consumer and hands
@@ -70,7 +72,9 @@ pub(crate) async fn consume(
     publisher: Publisher,
     dead_letter: Option<DeadLetterTarget>,
     options: &ConsumeOptions,
+    mut replaced: tokio::sync::watch::Receiver<u64>,
 ) -> Result<DeliveryStream, BrokerError> {
+    replaced.mark_unchanged();
     let channel = connection
         .create_channel()
         .await
@@ -93,42 +97,55 @@ pub(crate) async fn consume(
         publisher,
         dead_letter,
         channel: channel.clone(),
+        replaced: replaced.clone(),
     });
     let guard = Guard {
         channel,
         consumer: Some(consumer),
     };
-    let stream = futures_util::stream::unfold((guard, shared), |(mut guard, shared)| async move {
-        loop {
-            let consumer = guard.consumer.as_mut()?;
-            match consumer.next().await? {
-                Ok(delivery) => {
-                    let (message, attempt) =
-                        wire::decode(&delivery.properties, delivery.data, delivery.redelivered);
-                    let acknowledger = AmqpAcknowledger {
-                        acker: delivery.acker,
-                        shared: Arc::clone(&shared),
-                    };
-                    let delivery = Delivery::new(
-                        message,
-                        attempt,
-                        shared.queue.clone(),
-                        Box::new(acknowledger),
-                    );
-                    return Some((Ok(delivery), (guard, shared)));
-                }
-                Err(error) => {
-                    // lapin recovers the connection and replays this consumer; deliveries
-                    // from before the loss can no longer be acked (RabbitMQ redelivers them).
-                    tracing::warn!(queue = %shared.queue, %error, "consumer interrupted; waiting for recovery");
-                    if let Err(error) = guard.channel.wait_for_recovery(error).await {
-                        let error = broker_error(error, &shared.queue);
-                        return Some((Err(error), (guard, shared)));
+    let stream = futures_util::stream::unfold(
+        (guard, shared, replaced),
+        |(mut guard, shared, mut replaced)| async move {
+            loop {
+                let consumer = guard.consumer.as_mut()?;
+                let next = tokio::select! {
+                    next = consumer.next() => next?,
+                    // The connection was replaced: this consumer is gone with the old one.
+                    changed = replaced.changed() => {
+                        guard.consumer = None;
+                        let error = BrokerError::Connection("the connection was replaced; consume again".into());
+                        return changed.ok().map(|()| (Err(error), (guard, shared, replaced)));
                     }
-                    tracing::info!(queue = %shared.queue, "consumer recovered");
+                };
+                match next {
+                    Ok(delivery) => {
+                        let (message, attempt) =
+                            wire::decode(&delivery.properties, delivery.data, delivery.redelivered);
+                        let acknowledger = AmqpAcknowledger {
+                            acker: delivery.acker,
+                            shared: Arc::clone(&shared),
+                        };
+                        let delivery = Delivery::new(
+                            message,
+                            attempt,
+                            shared.queue.clone(),
+                            Box::new(acknowledger),
+                        );
+                        return Some((Ok(delivery), (guard, shared, replaced)));
+                    }
+                    Err(error) => {
+                        // lapin recovers the connection and replays this consumer; deliveries
+                        // from before the loss can no longer be acked (RabbitMQ redelivers them).
+                        tracing::warn!(queue = %shared.queue, %error, "consumer interrupted; waiting for recovery");
+                        if let Err(error) = guard.channel.wait_for_recovery(error).await {
+                            let error = broker_error(error, &shared.queue);
+                            return Some((Err(error), (guard, shared, replaced)));
+                        }
+                        tracing::info!(queue = %shared.queue, "consumer recovered");
+                    }
                 }
             }
-        }
-    });
+        },
+    );
     Ok(stream.boxed())
 }

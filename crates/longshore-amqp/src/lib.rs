@@ -42,14 +42,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use lapin::Connection;
 use longshore_core::{
     Broker, BrokerError, BrokerUrl, ConsumeOptions, DeliveryStream, Message, QueueName,
     QueueOptions, QueueStats,
 };
 use tokio::sync::OnceCell;
 
-use connection::{Outgoing, Publisher};
+use connection::{Link, Outgoing};
 
 /// The kind of queue longshore declares.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -149,14 +148,12 @@ impl AmqpBrokerBuilder {
 
     /// Connects (with automatic recovery) and opens the confirm-mode publishing channel.
     pub async fn connect(self) -> Result<AmqpBroker, BrokerError> {
-        let connection = connection::connect(&self.url).await?;
-        let publisher = Publisher::open(&connection).await?;
+        let link = Link::open(self.url.clone()).await?;
         tracing::info!(url = %self.url, "connected to RabbitMQ");
         Ok(AmqpBroker {
             inner: Arc::new(Inner {
                 url: self.url,
-                connection,
-                publisher,
+                link,
                 options: self.options,
                 ladder: OnceCell::new(),
                 targets: Mutex::default(),
@@ -173,8 +170,8 @@ pub struct AmqpBroker {
 
 struct Inner {
     url: BrokerUrl,
-    connection: Connection,
-    publisher: Publisher,
+    /// The connection, kept alive (see [`Link`]).
+    link: Arc<Link>,
     options: AmqpOptions,
     ladder: OnceCell<()>,
     /// Dead-letter targets found by declare or verify, per queue.
@@ -206,13 +203,16 @@ impl AmqpBroker {
 
     /// Whether the connection is up now (for readiness checks).
     pub fn is_connected(&self) -> bool {
-        self.inner.connection.status().connected()
+        self.inner.link.live().connection.status().connected()
     }
 
     async fn ladder(&self) -> Result<(), BrokerError> {
         self.inner
             .ladder
-            .get_or_try_init(|| topology::declare_ladder(&self.inner.connection))
+            .get_or_try_init(|| async {
+                let live = self.inner.link.live();
+                topology::declare_ladder(&live.connection).await
+            })
             .await
             .map(|_| ())
     }
@@ -238,9 +238,12 @@ impl AmqpBroker {
         match known {
             Some(target) => Ok(target),
             None => {
-                let target =
-                    topology::find_target(&self.inner.connection, queue, &self.inner.options)
-                        .await?;
+                let target = topology::find_target(
+                    &self.inner.link.live().connection,
+                    queue,
+                    &self.inner.options,
+                )
+                .await?;
                 self.remember(queue, target.clone());
                 Ok(target)
             }
@@ -267,15 +270,25 @@ impl Broker for AmqpBroker {
 
     async fn declare(&self, queue: &QueueName, options: &QueueOptions) -> Result<(), BrokerError> {
         self.ladder().await?;
-        let target =
-            topology::declare(&self.inner.connection, queue, options, &self.inner.options).await?;
+        let target = topology::declare(
+            &self.inner.link.live().connection,
+            queue,
+            options,
+            &self.inner.options,
+        )
+        .await?;
         self.remember(queue, target);
         Ok(())
     }
 
     async fn verify(&self, queue: &QueueName) -> Result<(), BrokerError> {
         self.ladder().await?;
-        let target = topology::verify(&self.inner.connection, queue, &self.inner.options).await?;
+        let target = topology::verify(
+            &self.inner.link.live().connection,
+            queue,
+            &self.inner.options,
+        )
+        .await?;
         self.remember(queue, Some(target));
         Ok(())
     }
@@ -313,7 +326,7 @@ impl Broker for AmqpBroker {
         }
         let properties = wire::encode(&message, longshore_core::Attempt::FIRST, &[]);
         self.inner
-            .publisher
+            .link
             .publish(Outgoing {
                 exchange: &exchange,
                 routing_key: &routing_key,
@@ -331,12 +344,15 @@ impl Broker for AmqpBroker {
         options: &ConsumeOptions,
     ) -> Result<DeliveryStream, BrokerError> {
         let dead_letter = self.target(queue).await?;
+        let live = self.inner.link.live();
+        let replaced = self.inner.link.generation();
         consume::consume(
-            &self.inner.connection,
+            &live.connection,
             queue.clone(),
-            self.inner.publisher.clone(),
+            live.publisher.clone(),
             dead_letter,
             options,
+            replaced,
         )
         .await
     }
@@ -347,7 +363,7 @@ impl Broker for AmqpBroker {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(queue);
-        topology::delete(&self.inner.connection, queue).await
+        topology::delete(&self.inner.link.live().connection, queue).await
     }
 
     fn dead_letter_queue(&self, queue: &QueueName) -> QueueName {
@@ -362,10 +378,10 @@ impl Broker for AmqpBroker {
         let target = self
             .target_known(queue)?
             .or_else(|| Some(DeadLetterTarget::queue(&queue.dead_letter_queue())));
-        match topology::stats(&self.inner.connection, queue, target.as_ref()).await {
+        match topology::stats(&self.inner.link.live().connection, queue, target.as_ref()).await {
             // The `<queue>.dlq` guess may not exist for a queue with its own DLX.
             Err(BrokerError::QueueNotFound { queue: missing }) if &missing != queue => {
-                topology::stats(&self.inner.connection, queue, None).await
+                topology::stats(&self.inner.link.live().connection, queue, None).await
             }
             other => other,
         }

@@ -128,6 +128,27 @@ impl Acknowledger for AmqpAcknowledger {
         attempt: Attempt,
         settlement: Settlement,
     ) -> Result<(), BrokerError> {
+        // On a connection that was replaced, an ack would wait forever: the delivery is gone.
+        let mut replaced = self.shared.replaced.clone();
+        tokio::select! {
+            result = self.settle_now(message, attempt, settlement) => result,
+            _ = replaced.changed() => Err(self.lease_lost(message)),
+        }
+    }
+
+    /// RabbitMQ holds a delivery for the life of its channel: nothing to extend.
+    async fn extend(&self, _by: Duration) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+impl AmqpAcknowledger {
+    async fn settle_now(
+        &self,
+        message: &Message,
+        attempt: Attempt,
+        settlement: Settlement,
+    ) -> Result<(), BrokerError> {
         if !self.acker.usable() {
             // The channel this came on has closed: RabbitMQ redelivers it; publishing a copy
             // now would make two.
@@ -155,10 +176,5 @@ impl Acknowledger for AmqpAcknowledger {
                 self.ack(message).await
             }
         }
-    }
-
-    /// RabbitMQ holds a delivery for the life of its channel: nothing to extend.
-    async fn extend(&self, _by: Duration) -> Result<(), BrokerError> {
-        Ok(())
     }
 }

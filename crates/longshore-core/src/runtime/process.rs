@@ -179,15 +179,26 @@ async fn heartbeat(delivery: &Delivery) -> BrokerError {
     }
 }
 
+/// How long a settlement may take before the runtime gives up on it; the broker's own
+/// redelivery is then the safety net, as for any failed settlement.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn settle(delivery: Delivery, settlement: Settlement, counted: Counted) -> Counted {
     let name = settlement.name();
-    match delivery.settle(settlement).await {
-        Ok(()) => counted,
-        Err(failed) => {
+    match tokio::time::timeout(SETTLE_TIMEOUT, delivery.settle(settlement)).await {
+        Ok(Ok(())) => counted,
+        Ok(Err(failed)) => {
             tracing::error!(
                 settlement = name,
                 error = %failed.error,
                 "settlement failed; the broker will redeliver the message"
+            );
+            Counted::SettleFailed
+        }
+        Err(_) => {
+            tracing::error!(
+                settlement = name,
+                "settlement got no answer within {SETTLE_TIMEOUT:?}; the broker will redeliver the message"
             );
             Counted::SettleFailed
         }
