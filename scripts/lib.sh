@@ -105,3 +105,11 @@ stop_services() {
     kill "$pid" 2>/dev/null || true
   done
 }
+
+# docker-compose.yml parses and resolves (Debian's docker-compose; no docker engine needed).
+check_compose_file() {
+  command -v docker-compose >/dev/null || apt_install docker-compose
+  log "checking docker-compose.yml with docker-compose config"
+  docker-compose -f docker-compose.yml config -q
+  docker-compose -f docker-compose.yml --profile sqs config -q
+}

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use longshore::{
-    Broker, Dep, Job, JobContext, JobError, QueueName, Shutdown, Trigger, WorkerBuilder,
+    Broker, Dep, Health, Job, JobContext, JobError, QueueName, Shutdown, Trigger, WorkerBuilder,
     WorkerReport, WorkerStats,
 };
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,17 @@ pub struct Harness {
     pub broker: Arc<dyn Broker>,
     /// Its timing.
     pub timing: Timing,
+}
+
+/// The embedded in-memory broker, with a 1 s lease.
+pub fn memory_harness() -> Harness {
+    Harness {
+        broker: Arc::new(longshore::MemoryBroker::new()),
+        timing: Timing {
+            visibility: Duration::from_secs(1),
+            slack: Duration::from_millis(100),
+        },
+    }
 }
 
 /// A queue name no other test (or earlier run) uses.
@@ -216,6 +227,8 @@ pub struct Running {
     pub shutdown: Shutdown,
     /// Its counters.
     pub stats: Arc<WorkerStats>,
+    /// Its liveness and readiness.
+    pub health: Health,
     handle: JoinHandle<Result<WorkerReport, longshore::WorkerError>>,
 }
 
@@ -225,10 +238,12 @@ impl Running {
         let worker = builder.build().expect("the test worker builds");
         let shutdown = worker.shutdown_handle();
         let stats = worker.stats();
+        let health = worker.health();
         let handle = tokio::spawn(worker.run_until_stopped());
         Self {
             shutdown,
             stats,
+            health,
             handle,
         }
     }
@@ -342,4 +357,35 @@ pub fn sqs_env() -> Vec<(&'static str, String)> {
         ("AWS_ACCESS_KEY_ID", "test".into()),
         ("AWS_SECRET_ACCESS_KEY", "test".into()),
     ]
+}
+
+/// `GET path` on a plain HTTP/1.1 server: the status code and the body.
+pub async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .unwrap_or_else(|error| panic!("connect to {address}: {error}"));
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the request");
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("the server answers within 10 s")
+    .expect("read the response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -5,4 +5,5 @@
 
 pub mod conformance;
 pub mod harness;
+pub mod otlp;
 pub mod process;

@@ -12,8 +12,9 @@ use integration_tests::conformance::{
     await_settled, cleanup, declared_queue, enqueue, probe_worker,
 };
 use integration_tests::harness::{
-    Behaviour, Harness, Probe, Recorder, Running, Timing, amqp_broker, eventually,
+    Behaviour, Harness, Probe, Recorder, Running, Timing, amqp_broker, eventually, http_get,
 };
+use longshore::Broker as _;
 
 fn rabbitmqctl(args: &[&str]) {
     let status = Command::new("rabbitmqctl").args(args).status().unwrap_or_else(|error| {
@@ -45,13 +46,19 @@ async fn a_broker_restart_under_load_loses_nothing() {
         (0..JOBS)
             .map(|key| Probe {
                 key,
-                behaviour: Behaviour::Sleep(2),
+                // 5,000 × 40 ms over 16 slots is a flow of 12 s or more: stopping the broker
+                // (a few seconds of Erlang CLI) lands well inside it.
+                behaviour: Behaviour::Sleep(40),
             })
             .collect(),
     )
     .await;
     let recorder = Arc::new(Recorder::default());
     let worker = Running::start(probe_worker(&h, &queue, &recorder).concurrency(16));
+    let probes = longshore::otel::health::serve("127.0.0.1:0", vec![worker.health.clone()])
+        .await
+        .expect("the health listener starts");
+    let readyz = || http_get(probes.local_addr(), "/readyz");
 
     eventually(
         Duration::from_secs(60),
@@ -66,8 +73,14 @@ async fn a_broker_restart_under_load_loses_nothing() {
         },
     )
     .await;
+    assert_eq!(readyz().await, (200, "ready\n".to_owned()));
     rabbitmqctl(&["stop_app"]);
+    // Read once the broker is down: what ran before the restart.
     let during = recorder.total_runs();
+    assert!(
+        during < JOBS as usize,
+        "the restart must happen mid-flow, yet all {JOBS} jobs ran before the broker stopped"
+    );
     eventually(
         Duration::from_secs(10),
         "the worker to see the connection drop",
@@ -80,6 +93,14 @@ async fn a_broker_restart_under_load_loses_nothing() {
         },
     )
     .await;
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "unready while the broker is down: {body}");
+    assert!(body.contains("lost its rabbitmq connection"), "{body}");
+    assert_eq!(
+        http_get(probes.local_addr(), "/healthz").await.0,
+        200,
+        "alive all the same: the runtime loop runs"
+    );
     rabbitmqctl(&["start_app"]);
     rabbitmqctl(&["await_startup"]);
     eventually(
@@ -90,6 +111,17 @@ async fn a_broker_restart_under_load_loses_nothing() {
                 Ok(())
             } else {
                 Err("not connected".to_owned())
+            }
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "/readyz to answer 200 again",
+        || async {
+            match readyz().await {
+                (200, _) => Ok(()),
+                other => Err(format!("{other:?}")),
             }
         },
     )
@@ -113,10 +145,6 @@ async fn a_broker_restart_under_load_loses_nothing() {
     // Jobs running when the connection died ran again (at least once); the queue drains.
     await_settled(&h, &queue, 0, 0).await;
     let report = worker.stop().await;
-    assert!(
-        during < JOBS as usize,
-        "the restart happened mid-flow ({during} runs before it)"
-    );
     assert!(report.stats.succeeded >= u64::from(JOBS), "{report:?}");
     assert_eq!(report.stats.dead_lettered, 0);
     cleanup(&h, &queue).await;

@@ -201,11 +201,6 @@ impl AmqpBroker {
         Self::builder(url).connect().await
     }
 
-    /// Whether the connection is up now (for readiness checks).
-    pub fn is_connected(&self) -> bool {
-        self.inner.link.live().connection.status().connected()
-    }
-
     async fn ladder(&self) -> Result<(), BrokerError> {
         self.inner
             .ladder
@@ -372,6 +367,10 @@ impl Broker for AmqpBroker {
             .flatten()
             .and_then(|target| target.queue_name())
             .unwrap_or_else(|| queue.dead_letter_queue())
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner.link.live().connection.status().connected()
     }
 
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats, BrokerError> {

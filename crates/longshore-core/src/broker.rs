@@ -63,6 +63,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// How many messages the queue holds, by state.
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats, BrokerError>;
+
+    /// Whether the broker answers now, for readiness probes: the connection is up (AMQP),
+    /// the last receive call got an answer (SQS). Default: `true`.
+    fn is_connected(&self) -> bool {
+        true
+    }
 }
 
 /// Whether a worker creates its queues or only plugs into existing ones.
@@ -158,6 +164,19 @@ pub struct QueueStats {
 }
 
 impl QueueStats {
+    /// The counts the broker can tell, by state name: `ready`, `delayed`, `in_flight`,
+    /// `dead_lettered`.
+    pub fn by_state(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("ready", Some(self.ready)),
+            ("delayed", self.delayed),
+            ("in_flight", self.in_flight),
+            ("dead_lettered", self.dead_lettered),
+        ]
+        .into_iter()
+        .filter_map(|(state, count)| Some((state, count?)))
+    }
+
     /// Every message the queue and its dead-letter queue hold, in any state.
     pub fn total(&self) -> u64 {
         self.ready

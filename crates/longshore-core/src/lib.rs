@@ -55,6 +55,7 @@ mod producer;
 mod retry;
 mod runtime;
 mod scope;
+pub mod telemetry;
 mod url;
 
 pub use broker::{
@@ -71,7 +72,7 @@ pub use names::{Attempt, JobName, MessageId, QueueName};
 pub use producer::{EnqueueError, EnqueueOptions, Producer};
 pub use retry::{RetryDecision, RetryPolicy};
 pub use runtime::{
-    BuildError, JobOptions, Shutdown, StatsSnapshot, Worker, WorkerBuilder, WorkerError,
+    BuildError, Health, JobOptions, Shutdown, StatsSnapshot, Worker, WorkerBuilder, WorkerError,
     WorkerReport, WorkerStats,
 };
 pub use scope::{Dep, FromScope, JobOutcome, Requirement, Root, Scope};

@@ -3,10 +3,33 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tracing::Instrument;
+
 use crate::broker::{Broker, BrokerError};
 use crate::job::Job;
 use crate::message::{Headers, Message, headers};
 use crate::names::{MessageId, QueueName};
+use crate::telemetry;
+
+/// The PRODUCER span of one publish: `send <queue>`, with the messaging attributes.
+pub(crate) fn send_span(
+    system: &'static str,
+    queue: &QueueName,
+    message: &Message,
+) -> tracing::Span {
+    tracing::info_span!(
+        "send",
+        otel.name = %format_args!("send {queue}"),
+        otel.kind = "producer",
+        otel.status_description = tracing::field::Empty,
+        messaging.system = system,
+        messaging.operation.type = "send",
+        messaging.destination.name = %queue,
+        messaging.message.id = %message.id,
+        messaging.message.body.size = message.body.len(),
+        longshore.job.name = %message.job,
+    )
+}
 
 /// Enqueues jobs on one queue of a broker. Cheap to clone.
 #[derive(Clone)]
@@ -123,6 +146,17 @@ impl Producer {
             .await
     }
 
+    /// Enqueues `job` to run no sooner than `at` (at once if `at` has passed). The delay is
+    /// taken from the clock now, so `at` is honoured to the broker's delay precision.
+    pub async fn enqueue_at<J: Job>(
+        &self,
+        job: &J,
+        at: SystemTime,
+    ) -> Result<MessageId, EnqueueError> {
+        let delay = at.duration_since(SystemTime::now()).unwrap_or_default();
+        self.enqueue_in(job, delay).await
+    }
+
     /// Enqueues `job` with options.
     pub async fn enqueue_with<J: Job>(
         &self,
@@ -140,7 +174,7 @@ impl Producer {
             job: J::NAME,
             source,
         })?;
-        let message = Message {
+        let mut message = Message {
             id: options.id.unwrap_or_else(MessageId::generate),
             job: J::NAME.into(),
             body,
@@ -151,7 +185,19 @@ impl Producer {
             deduplication_id: options.deduplication_id,
         };
         let id = message.id.clone();
-        self.broker.publish(&self.queue, message).await?;
+        let span = send_span(self.broker.system(), &self.queue, &message);
+        if let Some(telemetry) = telemetry::installed() {
+            telemetry.inject(&span, &mut message.headers);
+        }
+        let published = self
+            .broker
+            .publish(&self.queue, message)
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = &published {
+            span.record("otel.status_description", error.to_string());
+        }
+        published?;
         Ok(id)
     }
 }

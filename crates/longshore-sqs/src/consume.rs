@@ -3,6 +3,7 @@
 //! the loops (aborting long polls in flight) and releases what is buffered at once.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
@@ -106,6 +107,7 @@ async fn poll(
             .await;
         match received {
             Ok(output) => {
+                ctx.reachable.store(true, Ordering::Relaxed);
                 let responded = Instant::now();
                 let at = responded
                     .checked_sub(LEASE_MARGIN)
@@ -121,6 +123,8 @@ async fn poll(
             }
             Err(error) => {
                 let error = broker_error(error, &ctx.name);
+                ctx.reachable
+                    .store(!error.is_transient(), Ordering::Relaxed);
                 if error.is_transient() {
                     tracing::warn!(queue = %ctx.name, %error, "receive failed; retrying");
                     drop(permits);

@@ -238,4 +238,13 @@ impl Broker for SqsBroker {
         let ctx = self.ctx(queue).await?;
         topology::stats(&self.inner.client, queue, &ctx.info).await
     }
+
+    fn is_connected(&self) -> bool {
+        self.inner
+            .queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .all(|ctx| ctx.reachable.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }

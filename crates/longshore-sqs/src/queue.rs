@@ -21,6 +21,8 @@ pub(crate) struct QueueCtx {
     pub(crate) name: QueueName,
     pub(crate) client: Client,
     pub(crate) info: QueueInfo,
+    /// Whether the last receive call got an answer (readiness).
+    pub(crate) reachable: std::sync::atomic::AtomicBool,
     deletes: mpsc::UnboundedSender<DeleteRequest>,
 }
 
@@ -43,6 +45,7 @@ impl QueueCtx {
             name,
             client,
             info,
+            reachable: std::sync::atomic::AtomicBool::new(true),
             deletes,
         }
     }

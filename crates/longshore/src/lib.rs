@@ -70,6 +70,12 @@
 //! [`connect`] picks the broker from a URL: `memory://` (or an empty string) is the
 //! embedded [`MemoryBroker`]; `amqp://` and `amqps://` are RabbitMQ (feature `amqp`);
 //! `sqs://` or an SQS queue URL is Amazon SQS (feature `sqs`).
+//!
+//! ## Telemetry
+//!
+//! Feature `otel` adds `longshore::otel`: `longshore::otel::init()` sets up logs, a span per job
+//! that continues the producer's trace, and job metrics, exported over OTLP as the `OTEL_*`
+//! environment variables say; `longshore::otel::health::serve` answers container probes.
 
 use std::sync::Arc;
 
@@ -82,6 +88,10 @@ pub use longshore_amqp as amqp;
 /// The Amazon SQS adapter (feature `sqs`).
 #[cfg(feature = "sqs")]
 pub use longshore_sqs as sqs;
+
+/// OpenTelemetry set-up and health endpoints (feature `otel`).
+#[cfg(feature = "otel")]
+pub use longshore_otel as otel;
 
 /// Why [`connect`] failed.
 #[derive(Debug, thiserror::Error)]

@@ -156,6 +156,7 @@ macro_rules! conformance_suite {
             settlement::release_returns_the_message_at_once,
             settlement::dead_letter_carries_the_reason,
             settlement::delayed_messages_are_not_delivered_early,
+            settlement::jobs_enqueued_at_a_time_are_not_delivered_before_it,
             settlement::publish_to_a_missing_queue_fails,
             settlement::verify_fails_for_a_missing_queue,
         );

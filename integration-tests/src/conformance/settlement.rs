@@ -139,6 +139,34 @@ pub async fn delayed_messages_are_not_delivered_early(h: &Harness) {
     cleanup(h, &queue).await;
 }
 
+/// A job enqueued for a wall-clock time is not delivered before it.
+pub async fn jobs_enqueued_at_a_time_are_not_delivered_before_it(h: &Harness) {
+    let queue = declared_queue(h, "at").await;
+    let producer = Producer::new(Arc::clone(&h.broker), queue.clone());
+    let due = std::time::SystemTime::now() + Duration::from_millis(1500);
+    producer
+        .enqueue_at(
+            &Probe {
+                key: 0,
+                behaviour: Behaviour::Succeed,
+            },
+            due,
+        )
+        .await
+        .expect("enqueue at a time");
+    let mut stream = consumer(h, &queue).await;
+    let delivery = next(h, &mut stream, Duration::from_secs(6)).await;
+    let now = std::time::SystemTime::now();
+    assert!(now >= due, "delivered {:?} early", due.duration_since(now));
+    assert!(
+        now.duration_since(due).unwrap_or_default() <= Duration::from_secs(3) + h.timing.slack,
+        "delivered late"
+    );
+    delivery.ack().await.expect("ack");
+    drop(stream);
+    cleanup(h, &queue).await;
+}
+
 /// Publishing to a queue that does not exist is an error, never a silent drop.
 pub async fn publish_to_a_missing_queue_fails(h: &Harness) {
     let missing = unique_queue("missing");

@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use crate::broker::{Broker, ConsumeOptions, DeliveryStream};
 use crate::delivery::Delivery;
 use crate::names::QueueName;
+use crate::runtime::health::Health;
 
 pub(crate) struct Feed {
     broker: Arc<dyn Broker>,
@@ -16,6 +17,7 @@ pub(crate) struct Feed {
     options: ConsumeOptions,
     stream: Option<DeliveryStream>,
     backoff: ExponentialBackoff,
+    health: Health,
 }
 
 fn reconnect_backoff() -> ExponentialBackoff {
@@ -28,8 +30,14 @@ fn reconnect_backoff() -> ExponentialBackoff {
 }
 
 impl Feed {
-    pub(crate) fn new(broker: Arc<dyn Broker>, queue: QueueName, options: ConsumeOptions) -> Self {
+    pub(crate) fn new(
+        broker: Arc<dyn Broker>,
+        queue: QueueName,
+        options: ConsumeOptions,
+        health: Health,
+    ) -> Self {
         Self {
+            health,
             broker,
             queue,
             options,
@@ -45,8 +53,12 @@ impl Feed {
             let stream = match &mut self.stream {
                 Some(stream) => stream,
                 None => match self.broker.consume(&self.queue, &self.options).await {
-                    Ok(stream) => self.stream.insert(stream),
+                    Ok(stream) => {
+                        self.health.set_consuming(true);
+                        self.stream.insert(stream)
+                    }
                     Err(error) => {
+                        self.health.set_consuming(false);
                         tracing::error!(queue = %self.queue, %error, "cannot consume; retrying");
                         self.pause().await;
                         continue;
@@ -60,11 +72,13 @@ impl Feed {
                 }
                 Some(Err(error)) => {
                     tracing::warn!(queue = %self.queue, %error, "consumer error; reopening");
+                    self.health.set_consuming(false);
                     self.stream = None;
                     self.pause().await;
                 }
                 None => {
                     tracing::warn!(queue = %self.queue, "consumer stream ended; reopening");
+                    self.health.set_consuming(false);
                     self.stream = None;
                     self.pause().await;
                 }

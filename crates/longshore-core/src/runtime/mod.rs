@@ -2,6 +2,7 @@
 //! own scope, settles it by the outcome, and shuts down gracefully.
 
 mod feed;
+mod health;
 mod process;
 mod shutdown;
 mod stats;
@@ -24,6 +25,7 @@ use crate::scope::{JobOutcome, Root, Scope};
 use feed::Feed;
 use process::{Registration, Shared};
 
+pub use health::Health;
 pub use shutdown::Shutdown;
 pub use stats::{StatsSnapshot, WorkerStats};
 
@@ -275,12 +277,18 @@ impl WorkerBuilder {
         if let Some(timeout) = self.visibility_timeout {
             consume = consume.visibility_timeout(timeout);
         }
+        let stats = Arc::<WorkerStats>::default();
         Ok(Worker {
+            health: Health::new(
+                Arc::clone(&self.broker),
+                self.queue.clone(),
+                Arc::clone(&stats),
+            ),
             shared: Arc::new(Shared {
                 system: self.broker.system(),
                 root: Arc::new(self.root),
                 registry,
-                stats: Arc::default(),
+                stats,
                 deadline: CancellationToken::new(),
             }),
             broker: self.broker,
@@ -307,6 +315,7 @@ pub struct Worker {
     topology: Topology,
     queue_options: QueueOptions,
     shutdown: Shutdown,
+    health: Health,
 }
 
 impl std::fmt::Debug for Worker {
@@ -350,6 +359,11 @@ impl Worker {
         Arc::clone(&self.shared.stats)
     }
 
+    /// Liveness and readiness, for container probes (see `longshore-otel`'s health server).
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
     /// Runs until SIGTERM or SIGINT (or the shutdown handle): the first stops gracefully,
     /// a second stops at once.
     pub async fn run(self) -> Result<WorkerReport, WorkerError> {
@@ -361,6 +375,7 @@ impl Worker {
 
     /// Runs until the shutdown handle asks it to stop; installs no signal handlers.
     pub async fn run_until_stopped(self) -> Result<WorkerReport, WorkerError> {
+        let _running = self.health.running();
         let prepared = match self.topology {
             Topology::Declare => self.broker.declare(&self.queue, &self.queue_options).await,
             Topology::Verify => self.broker.verify(&self.queue).await,
@@ -394,7 +409,12 @@ impl Worker {
             Arc::clone(&self.broker),
             self.queue.clone(),
             self.consume.clone(),
+            self.health.clone(),
         );
+        let telemetry = crate::telemetry::installed();
+        if let Some(telemetry) = telemetry {
+            telemetry.worker_started(&self.broker, &self.queue);
+        }
         tracing::info!(queue = %self.queue, system = self.shared.system, concurrency = self.concurrency, "worker started");
 
         // One shutdown future for the whole loop: a fresh one per select would register and
@@ -423,6 +443,7 @@ impl Worker {
         }
 
         // Stop fetching: dropping the feed hands buffered deliveries back to the broker.
+        self.health.set_consuming(false);
         drop(feed);
         tasks.close();
         tracing::info!(in_flight = tasks.len(), "draining in-flight jobs");
@@ -442,6 +463,9 @@ impl Worker {
             stats: self.shared.stats.snapshot(),
             immediate: immediate_stop,
         };
+        if let Some(telemetry) = telemetry {
+            telemetry.worker_stopped(&self.queue);
+        }
         tracing::info!(?report, "worker stopped");
         Ok(report)
     }

@@ -19,8 +19,9 @@ use crate::job::JobError;
 use crate::message::headers;
 use crate::names::JobName;
 use crate::retry::{RetryDecision, RetryPolicy};
-use crate::runtime::stats::{Counted, WorkerStats};
+use crate::runtime::stats::WorkerStats;
 use crate::scope::{JobOutcome, Root, Scope};
+use crate::telemetry::{self, JobEvent, JobResult};
 
 /// One registered job type: its handler and its resolved options.
 pub(crate) struct Registration {
@@ -48,33 +49,67 @@ enum End {
     LeaseLost(BrokerError),
 }
 
-/// Runs one delivery to its settlement.
+/// Runs one delivery to its settlement, inside the job's span.
 pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
     shared.stats.started();
     let span = tracing::info_span!(
         "process",
         otel.name = %format_args!("process {}", delivery.queue()),
         otel.kind = "consumer",
+        otel.status_description = tracing::field::Empty,
         messaging.system = shared.system,
         messaging.operation.type = "process",
         messaging.destination.name = %delivery.queue(),
         messaging.message.id = %delivery.message().id,
+        messaging.message.body.size = delivery.message().body.len(),
         longshore.job.name = %delivery.message().job,
         longshore.job.attempt = delivery.attempt().get(),
     );
-    let counted = run(&shared, delivery).instrument(span).await;
-    shared.stats.finished(counted);
+    let Some(telemetry) = telemetry::installed() else {
+        let result = run(&shared, delivery).instrument(span).await;
+        shared.stats.finished(result);
+        return;
+    };
+    telemetry.continue_trace(&span, &delivery.message().headers);
+    let (queue, job, attempt) = (
+        delivery.queue().clone(),
+        delivery.message().job.clone(),
+        delivery.attempt(),
+    );
+    let event = JobEvent {
+        system: shared.system,
+        queue: &queue,
+        job: &job,
+        attempt,
+    };
+    telemetry.job_started(&event);
+    let started = tokio::time::Instant::now();
+    let result = run(&shared, delivery).instrument(span).await;
+    shared.stats.finished(result);
+    telemetry.job_finished(&event, result, started.elapsed());
 }
 
-async fn run(shared: &Shared, delivery: Delivery) -> Counted {
+/// Marks the current (job) span failed and records the error on it.
+fn record_failure(error: &dyn std::fmt::Display) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    let text = error.to_string();
+    tracing::warn!(exception.message = %text, "exception");
+    span.record("otel.status_description", text);
+}
+
+async fn run(shared: &Shared, delivery: Delivery) -> JobResult {
     let message = delivery.message();
     let Some(registration) = shared.registry.get(&message.job) else {
         let reason = unknown_job_reason(&message.job, &shared.registry);
+        record_failure(&reason);
         tracing::error!(%reason, "dead-lettering message");
         return settle(
             delivery,
             Settlement::DeadLetter { reason },
-            Counted::DeadLettered,
+            JobResult::DeadLettered,
         )
         .await;
     };
@@ -105,14 +140,15 @@ async fn run(shared: &Shared, delivery: Delivery) -> Counted {
         End::Finished(Ok(())) => {
             scope.dispose(JobOutcome::Succeeded).await;
             tracing::debug!("job succeeded");
-            settle(delivery, Settlement::Ack, Counted::Succeeded).await
+            settle(delivery, Settlement::Ack, JobResult::Succeeded).await
         }
         End::Finished(Err(error)) => {
             scope.dispose(JobOutcome::Failed).await;
+            record_failure(&error);
             let (settlement, counted) = match (&error, registration.retry.decide(attempt_no)) {
                 (JobError::Retryable(_), RetryDecision::RetryAfter(delay)) => {
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "job failed; retrying");
-                    (Settlement::Retry { delay }, Counted::Retried)
+                    (Settlement::Retry { delay }, JobResult::Retried)
                 }
                 (JobError::Retryable(_), RetryDecision::GiveUp) => {
                     let reason = format!(
@@ -120,12 +156,12 @@ async fn run(shared: &Shared, delivery: Delivery) -> Counted {
                         registration.retry.max_attempts()
                     );
                     tracing::error!(%reason, "job failed; dead-lettering");
-                    (Settlement::DeadLetter { reason }, Counted::DeadLettered)
+                    (Settlement::DeadLetter { reason }, JobResult::DeadLettered)
                 }
                 (JobError::Permanent(_), _) => {
                     let reason = format!("permanent failure: {error}");
                     tracing::error!(%reason, "job failed; dead-lettering");
-                    (Settlement::DeadLetter { reason }, Counted::DeadLettered)
+                    (Settlement::DeadLetter { reason }, JobResult::DeadLettered)
                 }
             };
             settle(delivery, settlement, counted).await
@@ -133,12 +169,12 @@ async fn run(shared: &Shared, delivery: Delivery) -> Counted {
         End::Cancelled => {
             scope.dispose(JobOutcome::Cancelled).await;
             tracing::info!("shutdown deadline passed; releasing the job");
-            settle(delivery, Settlement::Release, Counted::Released).await
+            settle(delivery, Settlement::Release, JobResult::Released).await
         }
         End::LeaseLost(error) => {
             scope.dispose(JobOutcome::Cancelled).await;
             tracing::warn!(%error, "lease lost; job stopped without settling");
-            Counted::LeaseLost
+            JobResult::LeaseLost
         }
     }
 }
@@ -183,7 +219,7 @@ async fn heartbeat(delivery: &Delivery) -> BrokerError {
 /// redelivery is then the safety net, as for any failed settlement.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn settle(delivery: Delivery, settlement: Settlement, counted: Counted) -> Counted {
+async fn settle(delivery: Delivery, settlement: Settlement, counted: JobResult) -> JobResult {
     let name = settlement.name();
     match tokio::time::timeout(SETTLE_TIMEOUT, delivery.settle(settlement)).await {
         Ok(Ok(())) => counted,
@@ -193,14 +229,14 @@ async fn settle(delivery: Delivery, settlement: Settlement, counted: Counted) ->
                 error = %failed.error,
                 "settlement failed; the broker will redeliver the message"
             );
-            Counted::SettleFailed
+            JobResult::SettleFailed
         }
         Err(_) => {
             tracing::error!(
                 settlement = name,
                 "settlement got no answer within {SETTLE_TIMEOUT:?}; the broker will redeliver the message"
             );
-            Counted::SettleFailed
+            JobResult::SettleFailed
         }
     }
 }

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::telemetry::JobResult;
+
 /// Live counters of one worker; read them with [`WorkerStats::snapshot`].
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -36,31 +38,20 @@ pub struct StatsSnapshot {
     pub in_flight: u64,
 }
 
-/// Which counter a settled attempt adds to.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Counted {
-    Succeeded,
-    Retried,
-    DeadLettered,
-    Released,
-    SettleFailed,
-    LeaseLost,
-}
-
 impl WorkerStats {
     pub(crate) fn started(&self) {
         self.started.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn finished(&self, counted: Counted) {
-        let counter = match counted {
-            Counted::Succeeded => &self.succeeded,
-            Counted::Retried => &self.retried,
-            Counted::DeadLettered => &self.dead_lettered,
-            Counted::Released => &self.released,
-            Counted::SettleFailed => &self.settle_failed,
-            Counted::LeaseLost => &self.lease_lost,
+    pub(crate) fn finished(&self, result: JobResult) {
+        let counter = match result {
+            JobResult::Succeeded => &self.succeeded,
+            JobResult::Retried => &self.retried,
+            JobResult::DeadLettered => &self.dead_lettered,
+            JobResult::Released => &self.released,
+            JobResult::SettleFailed => &self.settle_failed,
+            JobResult::LeaseLost => &self.lease_lost,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -1,0 +1,118 @@
+//! The example worker: fulfils orders with a per-job unit of work, exports a span per job
+//! (continuing the producer's trace) with the job's own child spans, and serves
+//! `/healthz`, `/readyz` and `/metrics`. Stops gracefully on SIGTERM (`docker stop`).
+//!
+//! `orders-worker healthcheck` asks the running worker's `/readyz` and exits 0 when ready:
+//! a container health check that needs no curl in the image.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use longshore::{Dep, JobContext, JobError, JobOutcome, QueueOptions, Worker};
+use longshore_example_orders::{FulfilOrder, broker_url, number, queue, setting};
+use tracing::Instrument;
+
+/// Process-wide: the stock and payment systems (here: counters).
+#[derive(Default)]
+struct Backends {
+    reserved: AtomicU64,
+    charged_cents: AtomicU64,
+}
+
+/// Per job: a unit of work, committed when the job succeeds, rolled back when it fails.
+struct UnitOfWork {
+    id: String,
+}
+
+async fn fulfil(
+    order: FulfilOrder,
+    backends: Dep<Backends>,
+    unit: Dep<UnitOfWork>,
+    ctx: JobContext,
+) -> Result<(), JobError> {
+    tracing::info!(order = order.order, unit = %unit.id, attempt = ctx.attempt.get(), "fulfilling order");
+    async {
+        tokio::time::sleep(Duration::from_millis(5 * order.items.len() as u64)).await;
+        backends
+            .reserved
+            .fetch_add(order.items.len() as u64, Ordering::Relaxed);
+    }
+    .instrument(tracing::info_span!(
+        "reserve stock",
+        items = order.items.len()
+    ))
+    .await;
+    async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if order.order % 10 == 7 && ctx.attempt.get() == 1 {
+            return Err(JobError::retryable("payment provider busy (HTTP 503)"));
+        }
+        backends
+            .charged_cents
+            .fetch_add(order.cents, Ordering::Relaxed);
+        Ok(())
+    }
+    .instrument(tracing::info_span!("charge card", cents = order.cents))
+    .await
+}
+
+fn healthcheck() -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    let address = setting("LONGSHORE_HEALTH_ADDR", "0.0.0.0:8080").replace("0.0.0.0", "127.0.0.1");
+    let answer = std::net::TcpStream::connect(&address).and_then(|mut stream| {
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"GET /readyz HTTP/1.1\r\nconnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    });
+    match answer {
+        Ok(response) if response.starts_with("HTTP/1.1 200") => std::process::ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!("not ready: {}", response.lines().last().unwrap_or(""));
+            std::process::ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("cannot reach {address}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return Ok(healthcheck());
+    }
+    let telemetry = longshore::otel::init()?;
+    let broker = longshore::connect(broker_url()).await?;
+    let worker = Worker::builder(broker, queue())
+        .dependency(Backends::default())
+        .scoped_with_disposer(
+            |scope| async move {
+                Ok(UnitOfWork {
+                    id: format!("uow-{}", scope.context().id),
+                })
+            },
+            |unit: Arc<UnitOfWork>, outcome| async move {
+                match outcome {
+                    JobOutcome::Succeeded => tracing::info!(unit = %unit.id, "committed"),
+                    _ => tracing::info!(unit = %unit.id, ?outcome, "rolled back"),
+                }
+            },
+        )
+        .handler(fulfil)
+        .concurrency(number("LONGSHORE_CONCURRENCY", 16)? as usize)
+        .queue_options(QueueOptions::default())
+        .build()?;
+    let _probes = longshore::otel::health::serve(
+        setting("LONGSHORE_HEALTH_ADDR", "0.0.0.0:8080"),
+        vec![worker.health()],
+    )
+    .await?;
+    let report = worker.run().await?; // until SIGTERM / SIGINT
+    tracing::info!(?report, "bye");
+    telemetry.shutdown(); // flush the last spans and metrics
+    Ok(std::process::ExitCode::SUCCESS)
+}
