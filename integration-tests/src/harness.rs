@@ -389,3 +389,11 @@ pub async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String
         .unwrap_or_default();
     (status, body)
 }
+
+/// Sends `tracing` output to the test's captured output, filtered by `RUST_LOG`.
+pub fn log_to_test_output() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use integration_tests::harness::{Harness, Timing, amqp_broker};
+use longshore::Broker;
 
 async fn rabbitmq() -> Harness {
     Harness {
@@ -17,3 +19,10 @@ async fn rabbitmq() -> Harness {
 }
 
 integration_tests::conformance_suite!(rabbitmq());
+
+/// Another replica: a broker of its own, with its own connections.
+fn another_rabbitmq(_: &Harness) -> BoxFuture<'static, Arc<dyn Broker>> {
+    Box::pin(async { Arc::new(amqp_broker().await) as Arc<dyn Broker> })
+}
+
+integration_tests::schedule_suite!(rabbitmq(), another_rabbitmq);

@@ -117,3 +117,60 @@ async fn retries_through_the_same_delay_queues_are_not_dropped_as_cycles() {
     drop(stream);
     cleanup(&h, &queue).await;
 }
+
+/// A delay longer than the ladder holds (about 49.7 days) travels in hops carrying
+/// `longshore-due-at`. The last hop is a message at the work queue that is not due yet: the
+/// consumer sends it on for the rest of its delay, and it runs no sooner than its due time.
+/// (Waiting out a real 50-day delay is not a test; this is its last hop.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_not_yet_due_hops_until_its_due_time() {
+    let h = rabbitmq().await;
+    let queue = declared_queue(&h, "hop").await;
+    let (_connection, channel) = raw_amqp_channel().await;
+    let due = std::time::SystemTime::now() + Duration::from_millis(1500);
+    let due_ms = longshore::unix_millis(due);
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "longshore-job".into(),
+        AMQPValue::LongString("probe".into()),
+    );
+    headers.insert(
+        "longshore-due-at".into(),
+        AMQPValue::LongString(due_ms.to_string().into()),
+    );
+    channel
+        .basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            br#"{"key": 1, "behaviour": "Succeed"}"#,
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap();
+    let mut stream = h
+        .broker
+        .consume(&queue, &ConsumeOptions::default().prefetch(1))
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("delivered once due")
+        .unwrap()
+        .unwrap();
+    let now = std::time::SystemTime::now();
+    assert!(now >= due, "delivered {:?} early", due.duration_since(now));
+    assert!(
+        now.duration_since(due).unwrap() < Duration::from_millis(500),
+        "delivered {:?} late",
+        now.duration_since(due)
+    );
+    assert_eq!(delivery.attempt().get(), 1, "a hop is not an attempt");
+    assert!(
+        !delivery.message().headers.contains_key("longshore-due-at"),
+        "the due time is the adapter's business, not the handler's"
+    );
+    delivery.ack().await.unwrap();
+    drop(stream);
+    cleanup(&h, &queue).await;
+}

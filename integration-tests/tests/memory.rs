@@ -18,3 +18,7 @@ async fn memory() -> Harness {
 
 integration_tests::conformance_suite!(memory());
 integration_tests::lease_suite!(memory());
+integration_tests::schedule_suite!(
+    memory(),
+    integration_tests::conformance::schedules::same_broker
+);

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use integration_tests::harness::{Harness, Timing, sqs_broker};
+use longshore::Broker;
 
 async fn sqs() -> Harness {
     Harness {
@@ -19,3 +21,10 @@ async fn sqs() -> Harness {
 
 integration_tests::conformance_suite!(sqs());
 integration_tests::lease_suite!(sqs());
+
+/// Another replica: a client of its own.
+fn another_sqs(_: &Harness) -> BoxFuture<'static, Arc<dyn Broker>> {
+    Box::pin(async { Arc::new(sqs_broker().await) as Arc<dyn Broker> })
+}
+
+integration_tests::schedule_suite!(sqs(), another_sqs);

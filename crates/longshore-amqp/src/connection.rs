@@ -4,7 +4,9 @@
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
-use longshore_core::{BrokerError, BrokerUrl, MessageId, QueueName};
+use longshore_core::{Attempt, BrokerError, BrokerUrl, Message, MessageId, QueueName, headers};
+
+use crate::{delay, wire};
 
 /// How many times a publish is retried across connection recoveries before it fails.
 const PUBLISH_TRIES: usize = 5;
@@ -91,6 +93,11 @@ impl Publisher {
         Ok(Self { channel })
     }
 
+    /// The channel.
+    pub(crate) fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
     /// Publishes with `mandatory` set and waits for the broker's confirm, retrying across
     /// connection recoveries. A message the broker returns (no route) is
     /// [`BrokerError::QueueNotFound`].
@@ -141,6 +148,44 @@ impl Publisher {
                 Err(error) => return Err(broker_error(error, out.queue)),
             }
         }
+    }
+}
+
+impl Publisher {
+    /// Publishes `message` for `queue` as delivery number `attempt`, after `delay` (through
+    /// the ladder, in hops past its reach).
+    pub(crate) async fn publish_message(
+        &self,
+        queue: &QueueName,
+        message: &Message,
+        attempt: Attempt,
+        delay: std::time::Duration,
+    ) -> Result<(), BrokerError> {
+        let route = delay::route(queue, &message.id, delay)?;
+        self.publish(outgoing(queue, message, attempt, &route))
+            .await
+    }
+}
+
+/// The publish of `message` along `route`.
+pub(crate) fn outgoing<'a>(
+    queue: &'a QueueName,
+    message: &'a Message,
+    attempt: Attempt,
+    route: &'a delay::Route,
+) -> Outgoing<'a> {
+    let due_at = route
+        .due_at
+        .iter()
+        .map(|due| (headers::DUE_AT, due.clone()))
+        .collect::<Vec<_>>();
+    Outgoing {
+        exchange: &route.exchange,
+        routing_key: &route.routing_key,
+        body: &message.body,
+        properties: wire::encode(message, attempt, &due_at),
+        message_id: &message.id,
+        queue,
     }
 }
 

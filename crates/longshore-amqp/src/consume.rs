@@ -2,13 +2,17 @@
 //! lapin delivery into a longshore [`Delivery`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
-use longshore_core::{BrokerError, ConsumeOptions, Delivery, DeliveryStream, QueueName};
+use longshore_core::{
+    BrokerError, ConsumeOptions, Delivery, DeliveryStream, Message, QueueName, headers,
+};
 
 use crate::DeadLetterTarget;
 use crate::connection::{Publisher, broker_error};
@@ -66,6 +70,52 @@ impl Drop for Guard {
     }
 }
 
+/// How long until `message` is due, if it carries a due time (a delay past the ladder's
+/// reach) that has not come; the due-time header is taken off either way.
+fn not_due_yet(message: &mut Message) -> Option<Duration> {
+    let due_ms = message
+        .headers
+        .remove(headers::DUE_AT)?
+        .parse::<u64>()
+        .ok()?;
+    let due = UNIX_EPOCH + Duration::from_millis(due_ms);
+    due.duration_since(SystemTime::now())
+        .ok()
+        .filter(|remaining| !remaining.is_zero())
+}
+
+/// Sends a message that is not due on for the rest of its delay, then acks this copy. If
+/// that fails, the copy goes back to the queue (after a pause, so a broker refusing the
+/// publish does not make a hot loop) and the next consumer tries again.
+async fn hop(
+    shared: &ConsumerShared,
+    message: &Message,
+    attempt: longshore_core::Attempt,
+    remaining: Duration,
+    acker: &lapin::Acker,
+) {
+    let sent = shared
+        .publisher
+        .publish_message(&shared.queue, message, attempt, remaining)
+        .await;
+    let settled = match sent {
+        Ok(()) => acker.ack(BasicAckOptions::default()).await,
+        Err(error) => {
+            tracing::warn!(queue = %shared.queue, message_id = %message.id, %error, "cannot send a delayed message on; it goes back to the queue");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+        }
+    };
+    if let Err(error) = settled {
+        tracing::debug!(queue = %shared.queue, %error, "settling a hopped message failed; RabbitMQ redelivers it");
+    }
+}
+
 pub(crate) async fn consume(
     connection: &Connection,
     queue: QueueName,
@@ -119,8 +169,12 @@ pub(crate) async fn consume(
                 };
                 match next {
                     Ok(delivery) => {
-                        let (message, attempt) =
+                        let (mut message, attempt) =
                             wire::decode(&delivery.properties, delivery.data, delivery.redelivered);
+                        if let Some(remaining) = not_due_yet(&mut message) {
+                            hop(&shared, &message, attempt, remaining, &delivery.acker).await;
+                            continue;
+                        }
                         let acknowledger = AmqpAcknowledger {
                             acker: delivery.acker,
                             shared: Arc::clone(&shared),

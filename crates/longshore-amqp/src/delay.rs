@@ -13,7 +13,9 @@
 //! Past level 0 the `longshore.delivery` exchange routes by the queue-name suffix to the
 //! work queue.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use longshore_core::{BrokerError, MessageId, QueueName, unix_millis};
 
 /// Levels of the ladder: delays up to `2^32 - 1` ms (about 49.7 days).
 pub const LEVELS: u32 = 32;
@@ -84,6 +86,49 @@ pub fn routing_key(delay: Duration, queue: &str) -> Result<String, DelayError> {
         return Err(DelayError::QueueNameTooLong);
     }
     Ok(key)
+}
+
+/// Where a message goes to reach its queue after a delay: an exchange, a routing key, and
+/// for a delay longer than the ladder holds, the due time (Unix ms) it carries.
+pub(crate) struct Route {
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) due_at: Option<String>,
+}
+
+/// The route of a message for `queue` delayed by `delay`: the queue itself when there is no
+/// delay, else the ladder. A delay longer than [`MAX_DELAY`] hops: the message waits
+/// `MAX_DELAY`, carries its due time in `longshore-due-at`, and the consumer sends it on
+/// for the rest (see `consume.rs`), so any delay works and none ends early.
+pub(crate) fn route(
+    queue: &QueueName,
+    message_id: &MessageId,
+    delay: Duration,
+) -> Result<Route, BrokerError> {
+    if delay.is_zero() {
+        return Ok(Route {
+            exchange: String::new(),
+            routing_key: queue.to_string(),
+            due_at: None,
+        });
+    }
+    let due_at = (delay > MAX_DELAY).then(|| unix_millis(SystemTime::now() + delay).to_string());
+    let routing_key = routing_key(delay.min(MAX_DELAY), queue.as_str()).map_err(|error| {
+        BrokerError::InvalidMessage {
+            message_id: message_id.clone(),
+            problem: match error {
+                DelayError::TooLong => format!("a delay of {delay:?} does not fit the ladder"),
+                DelayError::QueueNameTooLong => {
+                    format!("queue name `{queue}` is too long to route through the delay queues")
+                }
+            },
+        }
+    })?;
+    Ok(Route {
+        exchange: entry_exchange(),
+        routing_key,
+        due_at,
+    })
 }
 
 #[cfg(test)]
@@ -174,5 +219,27 @@ mod tests {
             Err(DelayError::QueueNameTooLong)
         );
         assert!(routing_key(MAX_DELAY, "q").is_ok());
+    }
+
+    #[test]
+    fn delays_past_the_ladder_hop_with_their_due_time() {
+        let (queue, id) = (QueueName::new("q"), MessageId::from("m".to_owned()));
+        let direct = super::route(&queue, &id, Duration::ZERO).unwrap();
+        assert_eq!(
+            (direct.exchange.as_str(), direct.routing_key.as_str()),
+            ("", "q")
+        );
+        assert!(
+            super::route(&queue, &id, MAX_DELAY)
+                .unwrap()
+                .due_at
+                .is_none()
+        );
+        let sixty_days = Duration::from_secs(60 * 86_400);
+        let hop = super::route(&queue, &id, sixty_days).unwrap();
+        assert_eq!(hop.routing_key, routing_key(MAX_DELAY, "q").unwrap());
+        let due: u64 = hop.due_at.expect("a due time").parse().unwrap();
+        let expected = unix_millis(SystemTime::now() + sixty_days);
+        assert!(expected.abs_diff(due) < 1_000, "{due} vs {expected}");
     }
 }

@@ -34,6 +34,7 @@
 mod connection;
 mod consume;
 pub mod delay;
+mod schedule;
 mod settle;
 mod topology;
 pub mod wire;
@@ -42,13 +43,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
+use longshore_core::schedule::{ScheduleKey, ScheduleLease};
 use longshore_core::{
-    Broker, BrokerError, BrokerUrl, ConsumeOptions, DeliveryStream, Message, QueueName,
+    Attempt, Broker, BrokerError, BrokerUrl, ConsumeOptions, DeliveryStream, Message, QueueName,
     QueueOptions, QueueStats,
 };
 use tokio::sync::OnceCell;
 
-use connection::{Link, Outgoing};
+use connection::Link;
 
 /// The kind of queue longshore declares.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -157,6 +159,7 @@ impl AmqpBrokerBuilder {
                 options: self.options,
                 ladder: OnceCell::new(),
                 targets: Mutex::default(),
+                leases: schedule::Leases::default(),
             }),
         })
     }
@@ -176,6 +179,8 @@ struct Inner {
     ladder: OnceCell<()>,
     /// Dead-letter targets found by declare or verify, per queue.
     targets: Mutex<HashMap<QueueName, Option<DeadLetterTarget>>>,
+    /// Schedule leases, on a connection of their own.
+    leases: schedule::Leases,
 }
 
 impl std::fmt::Debug for AmqpBroker {
@@ -290,46 +295,21 @@ impl Broker for AmqpBroker {
 
     async fn publish(&self, queue: &QueueName, message: Message) -> Result<(), BrokerError> {
         let delay = message.delay.unwrap_or_default();
-        let (exchange, routing_key) = if delay.is_zero() {
-            (String::new(), queue.to_string())
-        } else {
-            self.ladder().await?;
-            let key = delay::routing_key(delay, queue.as_str()).map_err(|error| {
-                BrokerError::InvalidMessage {
-                    message_id: message.id.clone(),
-                    problem: match error {
-                        delay::DelayError::TooLong => {
-                            format!(
-                                "a delay of {delay:?} is longer than RabbitMQ delays go ({:?})",
-                                delay::MAX_DELAY
-                            )
-                        }
-                        delay::DelayError::QueueNameTooLong => {
-                            format!(
-                                "queue name `{queue}` is too long to route through the delay queues"
-                            )
-                        }
-                    },
-                }
-            })?;
-            (delay::entry_exchange(), key)
-        };
-        // A delayed message routes to a delay queue whatever the target: check the target
-        // exists now, not when the delay ends.
         if !delay.is_zero() {
+            self.ladder().await?;
+            // A delayed message routes to a delay queue whatever the target: check the
+            // target exists now, not when the delay ends.
             self.stats(queue).await?;
         }
-        let properties = wire::encode(&message, longshore_core::Attempt::FIRST, &[]);
+        let route = delay::route(queue, &message.id, delay)?;
         self.inner
             .link
-            .publish(Outgoing {
-                exchange: &exchange,
-                routing_key: &routing_key,
-                body: &message.body,
-                properties,
-                message_id: &message.id,
+            .publish(connection::outgoing(
                 queue,
-            })
+                &message,
+                Attempt::FIRST,
+                &route,
+            ))
             .await
     }
 
@@ -371,6 +351,17 @@ impl Broker for AmqpBroker {
 
     fn is_connected(&self) -> bool {
         self.inner.link.live().connection.status().connected()
+    }
+
+    async fn schedule_lease(
+        &self,
+        key: &ScheduleKey,
+    ) -> Result<Option<Box<dyn ScheduleLease>>, BrokerError> {
+        self.inner.leases.take(&self.inner.url, key).await
+    }
+
+    async fn delete_schedule(&self, key: &ScheduleKey) -> Result<(), BrokerError> {
+        schedule::delete(&self.inner.link.live().connection, key).await
     }
 
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats, BrokerError> {

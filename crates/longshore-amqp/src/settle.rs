@@ -14,7 +14,6 @@ use longshore_core::{Acknowledger, Attempt, BrokerError, Message, Settlement, he
 
 use crate::connection::{Outgoing, broker_error};
 use crate::consume::ConsumerShared;
-use crate::delay::{self, DelayError};
 use crate::wire;
 
 pub(crate) struct AmqpAcknowledger {
@@ -45,37 +44,9 @@ impl AmqpAcknowledger {
         attempt: Attempt,
         delay: Duration,
     ) -> Result<(), BrokerError> {
-        let queue = &self.shared.queue;
-        let properties = wire::encode(message, attempt.next(), &[]);
-        let (exchange, routing_key) = if delay.is_zero() {
-            (String::new(), queue.to_string())
-        } else {
-            let key = delay::routing_key(delay, queue.as_str()).map_err(|error| {
-                BrokerError::InvalidMessage {
-                    message_id: message.id.clone(),
-                    problem: match error {
-                        DelayError::TooLong => format!(
-                            "a delay of {delay:?} is longer than RabbitMQ delays go ({:?})",
-                            delay::MAX_DELAY
-                        ),
-                        DelayError::QueueNameTooLong => format!(
-                            "queue name `{queue}` is too long to route through the delay queues"
-                        ),
-                    },
-                }
-            })?;
-            (delay::entry_exchange(), key)
-        };
         self.shared
             .publisher
-            .publish(Outgoing {
-                exchange: &exchange,
-                routing_key: &routing_key,
-                body: &message.body,
-                properties,
-                message_id: &message.id,
-                queue,
-            })
+            .publish_message(&self.shared.queue, message, attempt.next(), delay)
             .await
     }
 

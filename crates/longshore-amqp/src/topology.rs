@@ -326,9 +326,17 @@ pub(crate) async fn stats(
 
 /// Deletes the queue and its `<queue>.dlq`; the shared delay ladder stays.
 pub(crate) async fn delete(connection: &Connection, queue: &QueueName) -> Result<(), BrokerError> {
-    for name in [queue.clone(), queue.dead_letter_queue()] {
+    delete_queues(connection, &[queue.clone(), queue.dead_letter_queue()]).await
+}
+
+/// Deletes queues, each on a channel of its own (deleting a missing queue is no error).
+pub(crate) async fn delete_queues(
+    connection: &Connection,
+    queues: &[QueueName],
+) -> Result<(), BrokerError> {
+    for name in queues {
         let amqp_name: ShortString = name.as_str().into();
-        on_fresh_channel(connection, &name, |channel| async move {
+        on_fresh_channel(connection, name, |channel| async move {
             channel
                 .queue_delete(amqp_name, QueueDeleteOptions::default())
                 .await

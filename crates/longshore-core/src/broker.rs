@@ -8,6 +8,7 @@ use futures_util::stream::BoxStream;
 use crate::delivery::Delivery;
 use crate::message::Message;
 use crate::names::{MessageId, QueueName};
+use crate::schedule::{ScheduleKey, ScheduleLease};
 
 /// A boxed error from a broker client or user code.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -68,6 +69,29 @@ pub trait Broker: Send + Sync + 'static {
     /// the last receive call got an answer (SQS). Default: `true`.
     fn is_connected(&self) -> bool {
         true
+    }
+
+    /// Takes the lease of a cron schedule if no replica holds it (`Ok(None)` if one does),
+    /// with the schedule's recorded watermark. See [`crate::schedule`] for what each broker
+    /// uses. Default: schedules are not supported.
+    async fn schedule_lease(
+        &self,
+        key: &ScheduleKey,
+    ) -> Result<Option<Box<dyn ScheduleLease>>, BrokerError> {
+        Err(BrokerError::Other(
+            format!(
+                "{key}: the {} broker does not support cron schedules",
+                self.system()
+            )
+            .into(),
+        ))
+    }
+
+    /// Deletes what the broker keeps for a schedule (its lease and recorded watermark): for a
+    /// schedule that was removed for good. Stop the replicas running it first; a schedule
+    /// that runs again afterwards starts afresh. Default: nothing is kept.
+    async fn delete_schedule(&self, _key: &ScheduleKey) -> Result<(), BrokerError> {
+        Ok(())
     }
 }
 

@@ -54,6 +54,7 @@ mod names;
 mod producer;
 mod retry;
 mod runtime;
+pub mod schedule;
 mod scope;
 pub mod telemetry;
 mod url;
@@ -75,5 +76,6 @@ pub use runtime::{
     BuildError, Health, JobOptions, Shutdown, StatsSnapshot, Worker, WorkerBuilder, WorkerError,
     WorkerReport, WorkerStats,
 };
+pub use schedule::{CatchUp, Schedule, ScheduleError, Scheduler, Tz};
 pub use scope::{Dep, FromScope, JobOutcome, Requirement, Root, Scope};
 pub use url::{BrokerUrl, Secret};

@@ -27,6 +27,10 @@ pub mod headers {
     pub const DEAD_QUEUE: &str = "longshore-dead-queue";
     /// Why the job was enqueued: `manual`, or `schedule:<name>@<tick unix millis>` (optional).
     pub const TRIGGER: &str = "longshore-trigger";
+    /// When a delayed job is due, in milliseconds since the Unix epoch: set on delays longer
+    /// than the broker can hold at once (RabbitMQ's delay ladder, SQS's 15 minutes), which
+    /// travel in hops until then.
+    pub const DUE_AT: &str = "longshore-due-at";
     /// W3C trace context of the producer.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state of the producer.

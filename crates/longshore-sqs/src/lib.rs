@@ -26,6 +26,7 @@ mod consume;
 mod fifo;
 pub mod publish;
 mod queue;
+mod schedule;
 pub mod settle;
 mod topology;
 pub mod wire;
@@ -40,6 +41,7 @@ use longshore_core::{
     QueueOptions, QueueStats,
 };
 
+use longshore_core::schedule::{ScheduleKey, ScheduleLease};
 use queue::QueueCtx;
 
 /// Builds an [`SqsBroker`].
@@ -93,6 +95,7 @@ impl SqsBrokerBuilder {
                 client,
                 max_receive_count: self.max_receive_count,
                 queues: Mutex::default(),
+                lease_urls: Mutex::default(),
             }),
         })
     }
@@ -109,6 +112,8 @@ struct Inner {
     max_receive_count: u32,
     /// What is known of each queue used so far.
     queues: Mutex<HashMap<QueueName, Arc<QueueCtx>>>,
+    /// The URLs of schedule lease queues, once created.
+    lease_urls: Mutex<HashMap<QueueName, String>>,
 }
 
 impl std::fmt::Debug for SqsBroker {
@@ -237,6 +242,17 @@ impl Broker for SqsBroker {
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats, BrokerError> {
         let ctx = self.ctx(queue).await?;
         topology::stats(&self.inner.client, queue, &ctx.info).await
+    }
+
+    async fn schedule_lease(
+        &self,
+        key: &ScheduleKey,
+    ) -> Result<Option<Box<dyn ScheduleLease>>, BrokerError> {
+        schedule::take(self, key).await
+    }
+
+    async fn delete_schedule(&self, key: &ScheduleKey) -> Result<(), BrokerError> {
+        schedule::delete(self, key).await
     }
 
     fn is_connected(&self) -> bool {

@@ -65,7 +65,7 @@ async fn attributes(
         .unwrap_or_default())
 }
 
-async fn create(
+pub(crate) async fn create(
     client: &Client,
     queue: &QueueName,
     attributes: Vec<(QueueAttributeName, String)>,

@@ -2,8 +2,9 @@
 //!
 //! Background-job consumers on the brokers you already run. Write a handler per job type,
 //! point a [`Worker`] at a queue, and get retries with exponential backoff and full jitter,
-//! dead-letter queues, delayed jobs, graceful shutdown and a per-job scoped dependency
-//! container, on the in-memory broker (the default), RabbitMQ or Amazon SQS.
+//! dead-letter queues, delayed jobs, cron schedules that are safe in every replica
+//! ([`schedule`]), graceful shutdown and a per-job scoped dependency container, on the
+//! in-memory broker (the default), RabbitMQ or Amazon SQS.
 //!
 //! ```
 //! use std::time::Duration;

@@ -6,6 +6,7 @@
 //! [`lease_suite!`]: crate::lease_suite
 
 pub mod leases;
+pub mod schedules;
 pub mod settlement;
 pub mod worker;
 

@@ -6,6 +6,7 @@
 //! message back without counting an attempt, and stale settlements (after a lease expired)
 //! fail with [`BrokerError::LeaseLost`] instead of touching the redelivered copy.
 
+mod lease;
 mod queue;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use crate::broker::{
 use crate::delivery::{Acknowledger, Delivery, Settlement};
 use crate::message::{Message, headers, unix_millis};
 use crate::names::{Attempt, MessageId, QueueName};
+use crate::schedule::{ScheduleKey, ScheduleLease};
 use queue::{QueueState, Stored};
 
 /// An in-process broker with real visibility, delay, retry and dead-letter semantics.
@@ -37,6 +39,7 @@ pub struct MemoryBroker {
 struct Inner {
     queues: Mutex<HashMap<QueueName, QueueState>>,
     next_lease: AtomicU64,
+    schedules: Arc<lease::Slots>,
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -212,6 +215,32 @@ impl Broker for MemoryBroker {
                 state.notify.notify_waiters();
             }
         }
+        Ok(())
+    }
+
+    async fn schedule_lease(
+        &self,
+        key: &ScheduleKey,
+    ) -> Result<Option<Box<dyn ScheduleLease>>, BrokerError> {
+        queue_mut(&mut self.inner.lock(), &key.queue)?;
+        let holder = self.inner.next_lease.fetch_add(1, Ordering::Relaxed);
+        Ok(self
+            .inner
+            .schedules
+            .take(key, holder)
+            .map(|watermark| -> Box<dyn ScheduleLease> {
+                Box::new(lease::MemoryLease {
+                    broker: self.clone(),
+                    slots: Arc::clone(&self.inner.schedules),
+                    key: key.clone(),
+                    holder,
+                    watermark,
+                })
+            }))
+    }
+
+    async fn delete_schedule(&self, key: &ScheduleKey) -> Result<(), BrokerError> {
+        self.inner.schedules.forget(key);
         Ok(())
     }
 
