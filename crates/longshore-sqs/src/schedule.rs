@@ -328,3 +328,35 @@ impl SqsBroker {
             .cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(queue: &str, name: &str) -> ScheduleKey {
+        ScheduleKey {
+            queue: QueueName::new(queue),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn lease_queues_are_fifo_and_named_after_queue_and_schedule() {
+        assert_eq!(
+            lease_queue_name(&key("emails", "nightly")).unwrap(),
+            "emails-schedule-nightly.fifo"
+        );
+        assert_eq!(
+            lease_queue_name(&key("orders.fifo", "hourly")).unwrap(),
+            "orders-schedule-hourly.fifo"
+        );
+    }
+
+    #[test]
+    fn a_lease_queue_name_past_sqs_limit_is_a_clear_error() {
+        let error = lease_queue_name(&key(&"q".repeat(60), "nightly-report"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("longer than SQS's 80 characters"), "{error}");
+    }
+}

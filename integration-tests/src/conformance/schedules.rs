@@ -42,7 +42,8 @@ impl Job for Tick {
 pub struct Ticks(Mutex<BTreeMap<u64, usize>>);
 
 impl Ticks {
-    fn snapshot(&self) -> BTreeMap<u64, usize> {
+    /// Runs so far, by tick.
+    pub fn snapshot(&self) -> BTreeMap<u64, usize> {
         self.0.lock().expect("ticks").clone()
     }
 }
@@ -69,7 +70,8 @@ fn millis(at: SystemTime) -> u64 {
     .unwrap_or(0)
 }
 
-fn every_second() -> Schedule {
+/// The tests' schedule: every second, each missed tick run (up to 100).
+pub fn every_second() -> Schedule {
     Schedule::utc("every-second", "* * * * * *", || Tick {
         label: "replica".into(),
     })
@@ -77,7 +79,8 @@ fn every_second() -> Schedule {
     .catch_up(CatchUp::RunEach { max: 100 })
 }
 
-fn replica_worker(
+/// A replica: a worker for the queue that runs [`every_second`] and records its ticks.
+pub fn replica_worker(
     h: &Harness,
     broker: Arc<dyn Broker>,
     queue: &QueueName,
@@ -93,7 +96,8 @@ fn replica_worker(
     )
 }
 
-async fn await_ticks(ticks: &Ticks, what: &str, at_least: usize) {
+/// Waits until `at_least` ticks ran.
+pub async fn await_ticks(ticks: &Ticks, what: &str, at_least: usize) {
     eventually(Duration::from_secs(30), what, || async {
         let seen = ticks.snapshot();
         if seen.len() >= at_least {

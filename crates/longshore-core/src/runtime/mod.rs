@@ -282,6 +282,111 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn bad_schedules_fail_the_build_with_the_reason() {
+        use crate::schedule::{ScheduleError, Tz};
+        let error = |b: WorkerBuilder| b.build().expect_err("the build fails").to_string();
+        let bad_cron = error(
+            builder()
+                .handler(plain)
+                .schedule("a", "0 25 * * *", Tz::UTC, || Ping),
+        );
+        assert!(
+            bad_cron.contains("invalid cron expression `0 25 * * *`"),
+            "{bad_cron}"
+        );
+        let bad_name = error(builder().handler(plain).schedule(
+            "a b",
+            "* * * * *",
+            Tz::UTC,
+            || Ping,
+        ));
+        assert!(
+            bad_name.contains("invalid schedule name `a b`"),
+            "{bad_name}"
+        );
+        let twice = builder()
+            .handler(plain)
+            .schedule("a", "* * * * *", Tz::UTC, || Ping)
+            .schedule("a", "0 * * * *", Tz::UTC, || Ping)
+            .build();
+        assert!(matches!(
+            twice,
+            Err(BuildError::Schedule(ScheduleError::Duplicate(name))) if name == "a"
+        ));
+        #[derive(Serialize, Deserialize)]
+        struct Pong;
+        impl Job for Pong {
+            const NAME: &'static str = "pong";
+        }
+        let unhandled = error(
+            builder()
+                .handler(plain)
+                .schedule("a", "* * * * *", Tz::UTC, || Pong),
+        );
+        assert!(
+            unhandled.contains("enqueues job `pong`, which this worker has no handler for"),
+            "{unhandled}"
+        );
+    }
+
+    #[tokio::test]
+    async fn brokers_without_schedule_support_say_so() {
+        struct Plain(MemoryBroker);
+        #[async_trait::async_trait]
+        impl Broker for Plain {
+            fn system(&self) -> &'static str {
+                "plain"
+            }
+            async fn declare(&self, q: &QueueName, o: &QueueOptions) -> Result<(), BrokerError> {
+                self.0.declare(q, o).await
+            }
+            async fn verify(&self, q: &QueueName) -> Result<(), BrokerError> {
+                self.0.verify(q).await
+            }
+            async fn publish(&self, q: &QueueName, m: crate::Message) -> Result<(), BrokerError> {
+                self.0.publish(q, m).await
+            }
+            async fn consume(
+                &self,
+                q: &QueueName,
+                o: &ConsumeOptions,
+            ) -> Result<crate::DeliveryStream, BrokerError> {
+                self.0.consume(q, o).await
+            }
+            async fn delete(&self, q: &QueueName) -> Result<(), BrokerError> {
+                self.0.delete(q).await
+            }
+            async fn stats(&self, q: &QueueName) -> Result<crate::QueueStats, BrokerError> {
+                self.0.stats(q).await
+            }
+        }
+        let key = crate::schedule::ScheduleKey {
+            queue: QueueName::new("q"),
+            name: "nightly".into(),
+        };
+        let error = Plain(MemoryBroker::new())
+            .schedule_lease(&key)
+            .await
+            .err()
+            .expect("no lease");
+        assert!(
+            error
+                .to_string()
+                .contains("the plain broker does not support cron schedules"),
+            "{error}"
+        );
+        let missing = MemoryBroker::new()
+            .schedule_lease(&key)
+            .await
+            .err()
+            .expect("no queue");
+        assert!(
+            matches!(missing, BrokerError::QueueNotFound { .. }),
+            "{missing}"
+        );
+    }
+
     #[tokio::test]
     async fn immediate_shutdown_returns_without_waiting_for_jobs() {
         async fn hang(_: Ping) -> Result<(), JobError> {

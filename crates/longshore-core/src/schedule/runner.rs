@@ -176,6 +176,7 @@ async fn hold(
         if plan.skipped > 0 {
             tracing::warn!(%key, skipped = plan.skipped, catch_up = ?schedule.catch_up, "missed ticks not run");
         }
+        let mut last_enqueued = None;
         for tick in &plan.enqueue {
             let mut message = match tick_message(schedule, *tick) {
                 Ok(message) => message,
@@ -191,8 +192,13 @@ async fn hold(
             }
             if let Err(error) = publish(&mut *lease, key, message, &span).await {
                 tracing::warn!(%key, %error, message_id = %id, "cannot enqueue a tick");
+                // Record what did go out, so the next holder does not enqueue it again.
+                if let Some(done) = last_enqueued {
+                    let _ = lease.record(done).await;
+                }
                 return Turn::Lost;
             }
+            last_enqueued = Some(*tick);
             tracing::info!(%key, message_id = %id, tick_ms = unix_millis(*tick), "tick enqueued");
         }
         if let Some(watermark) = plan.watermark {
