@@ -32,6 +32,35 @@ pub struct Harness {
     pub timing: Timing,
 }
 
+/// RabbitMQ's timing: it does not lease deliveries; TTL expiry takes a few ms per delay level.
+pub const RABBITMQ_TIMING: Timing = Timing {
+    visibility: Duration::from_secs(1),
+    slack: Duration::from_millis(500),
+};
+
+/// The SQS emulator's timing: visibility timeouts are whole seconds, and LocalStack's timers
+/// tick once a second.
+pub const SQS_TIMING: Timing = Timing {
+    visibility: Duration::from_secs(2),
+    slack: Duration::from_millis(1500),
+};
+
+/// The test RabbitMQ (see [`amqp_broker`]).
+pub async fn rabbitmq_harness() -> Harness {
+    Harness {
+        broker: Arc::new(amqp_broker().await),
+        timing: RABBITMQ_TIMING,
+    }
+}
+
+/// The SQS emulator (see [`sqs_broker`]).
+pub async fn sqs_harness() -> Harness {
+    Harness {
+        broker: Arc::new(sqs_broker().await),
+        timing: SQS_TIMING,
+    }
+}
+
 /// The embedded in-memory broker, with a 1 s lease.
 pub fn memory_harness() -> Harness {
     Harness {

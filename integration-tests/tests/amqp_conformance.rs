@@ -1,21 +1,13 @@
 //! The conformance suite on a real RabbitMQ (`LONGSHORE_AMQP_URL`, default 127.0.0.1:5672).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use integration_tests::harness::{Harness, Timing, amqp_broker};
+use integration_tests::harness::{Harness, amqp_broker, rabbitmq_harness};
 use longshore::Broker;
 
 async fn rabbitmq() -> Harness {
-    Harness {
-        broker: Arc::new(amqp_broker().await),
-        // RabbitMQ does not lease deliveries; TTL expiry takes a few ms per delay level.
-        timing: Timing {
-            visibility: Duration::from_secs(1),
-            slack: Duration::from_millis(500),
-        },
-    }
+    rabbitmq_harness().await
 }
 
 integration_tests::conformance_suite!(rabbitmq());

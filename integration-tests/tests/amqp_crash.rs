@@ -7,19 +7,13 @@ use std::time::Duration;
 use integration_tests::conformance::{
     await_settled, await_worker, cleanup, declared_queue, probe_worker,
 };
-use integration_tests::harness::{Harness, Recorder, Running, Timing, amqp_broker, amqp_url};
+use integration_tests::harness::{Recorder, Running, amqp_url, rabbitmq_harness};
 use integration_tests::process::WorkerProcess;
 use longshore::Trigger;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_job_is_redelivered_and_completed() {
-    let h = Harness {
-        broker: Arc::new(amqp_broker().await),
-        timing: Timing {
-            visibility: Duration::from_secs(1),
-            slack: Duration::from_millis(500),
-        },
-    };
+    let h = rabbitmq_harness().await;
     let queue = declared_queue(&h, "sigkill").await;
     // The process enqueues one job that stalls on its first attempt, and starts it.
     let args = [

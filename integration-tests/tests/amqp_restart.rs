@@ -12,7 +12,8 @@ use integration_tests::conformance::{
     await_settled, cleanup, declared_queue, enqueue, probe_worker,
 };
 use integration_tests::harness::{
-    Behaviour, Harness, Probe, Recorder, Running, Timing, amqp_broker, eventually, http_get,
+    Behaviour, Harness, Probe, RABBITMQ_TIMING, Recorder, Running, amqp_broker, eventually,
+    http_get,
 };
 use longshore::Broker as _;
 
@@ -34,10 +35,7 @@ async fn a_broker_restart_under_load_loses_nothing() {
     let amqp = amqp_broker().await;
     let h = Harness {
         broker: Arc::new(amqp.clone()),
-        timing: Timing {
-            visibility: Duration::from_secs(1),
-            slack: Duration::from_millis(500),
-        },
+        timing: RABBITMQ_TIMING,
     };
     let queue = declared_queue(&h, "restart").await;
     enqueue(

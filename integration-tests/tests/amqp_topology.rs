@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use integration_tests::conformance::{await_worker, enqueue, probe_worker};
 use integration_tests::harness::{
-    Behaviour, Harness, Probe, Recorder, Running, Timing, amqp_broker, amqp_url, raw_amqp_channel,
-    unique_queue,
+    Behaviour, Harness, Probe, RABBITMQ_TIMING, Recorder, Running, amqp_broker, amqp_url,
+    raw_amqp_channel, unique_queue,
 };
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -21,10 +21,7 @@ use longshore::{Broker, BrokerError, QueueOptions, Topology, Worker, WorkerError
 fn harness(broker: AmqpBroker) -> Harness {
     Harness {
         broker: Arc::new(broker),
-        timing: Timing {
-            visibility: Duration::from_secs(1),
-            slack: Duration::from_millis(500),
-        },
+        timing: RABBITMQ_TIMING,
     }
 }
 

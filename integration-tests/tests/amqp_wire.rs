@@ -6,22 +6,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use integration_tests::conformance::{await_worker, cleanup, declared_queue, probe_worker};
-use integration_tests::harness::{
-    Harness, Recorder, Running, Timing, amqp_broker, raw_amqp_channel,
-};
+use integration_tests::harness::{Harness, Recorder, Running, rabbitmq_harness, raw_amqp_channel};
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use longshore::{ConsumeOptions, Message, Trigger};
 
 async fn rabbitmq() -> Harness {
-    Harness {
-        broker: Arc::new(amqp_broker().await),
-        timing: Timing {
-            visibility: Duration::from_secs(1),
-            slack: Duration::from_millis(500),
-        },
-    }
+    rabbitmq_harness().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,12 +3,12 @@
 //! holder may have enqueued without recording it run twice (the documented limit).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use integration_tests::conformance::declared_queue;
-use integration_tests::conformance::schedules::{Ticks, replica_worker};
+use integration_tests::conformance::schedules::{Ticks, millis, replica_worker};
 use integration_tests::harness::{
-    Harness, Timing, amqp_broker, amqp_url, eventually, sqs_broker, sqs_env,
+    Harness, amqp_broker, amqp_url, eventually, rabbitmq_harness, sqs_broker, sqs_env, sqs_harness,
 };
 use integration_tests::process::WorkerProcess;
 use longshore::Broker;
@@ -70,37 +70,16 @@ async fn holder_killed(h: Harness, replica: Arc<dyn Broker>, url: &str, env: &[(
     h.broker.delete(&queue).await.expect("delete the queue");
 }
 
-fn millis(at: SystemTime) -> u64 {
-    u64::try_from(
-        at.duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_holder_on_rabbitmq_is_replaced_without_losing_ticks() {
-    let h = Harness {
-        broker: Arc::new(amqp_broker().await),
-        timing: Timing {
-            visibility: Duration::from_secs(1),
-            slack: Duration::from_millis(500),
-        },
-    };
+    let h = rabbitmq_harness().await;
     let replica: Arc<dyn Broker> = Arc::new(amqp_broker().await);
     holder_killed(h, replica, &amqp_url(), &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_holder_on_sqs_is_replaced_without_losing_ticks() {
-    let h = Harness {
-        broker: Arc::new(sqs_broker().await),
-        timing: Timing {
-            visibility: Duration::from_secs(2),
-            slack: Duration::from_millis(1500),
-        },
-    };
+    let h = sqs_harness().await;
     let replica: Arc<dyn Broker> = Arc::new(sqs_broker().await);
     holder_killed(h, replica, "sqs://", &sqs_env()).await;
 }

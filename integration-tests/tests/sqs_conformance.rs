@@ -2,21 +2,13 @@
 //! 127.0.0.1:4566).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use integration_tests::harness::{Harness, Timing, sqs_broker};
+use integration_tests::harness::{Harness, sqs_broker, sqs_harness};
 use longshore::Broker;
 
 async fn sqs() -> Harness {
-    Harness {
-        broker: Arc::new(sqs_broker().await),
-        // Visibility timeouts are whole seconds, and LocalStack's timers tick once a second.
-        timing: Timing {
-            visibility: Duration::from_secs(2),
-            slack: Duration::from_millis(1500),
-        },
-    }
+    sqs_harness().await
 }
 
 integration_tests::conformance_suite!(sqs());

@@ -11,8 +11,8 @@ use integration_tests::conformance::{
     await_settled, await_worker, cleanup, declared_queue, probe_worker,
 };
 use integration_tests::harness::{
-    Behaviour, Harness, Probe, Recorder, Running, Timing, eventually, raw_sqs_client, sqs_broker,
-    sqs_endpoint, sqs_env, unique_queue,
+    Behaviour, Harness, Probe, Recorder, Running, SQS_TIMING, eventually, raw_sqs_client,
+    sqs_broker, sqs_endpoint, sqs_env, unique_queue,
 };
 use integration_tests::process::WorkerProcess;
 use longshore::sqs::SqsBroker;
@@ -24,10 +24,7 @@ use longshore::{
 fn harness(broker: SqsBroker) -> Harness {
     Harness {
         broker: Arc::new(broker),
-        timing: Timing {
-            visibility: Duration::from_secs(2),
-            slack: Duration::from_millis(1500),
-        },
+        timing: SQS_TIMING,
     }
 }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use integration_tests::conformance::{declared_queue, probe_worker};
 use integration_tests::harness::{
-    Behaviour, Harness, Probe, Recorder, Running, Timing, amqp_broker, eventually, memory_harness,
-    sqs_broker,
+    Behaviour, Harness, Probe, Recorder, Running, eventually, memory_harness, rabbitmq_harness,
+    sqs_harness,
 };
 use integration_tests::otlp::{OtlpReceiver, STATUS_ERROR, Span, kind};
 use longshore::otel::{Config, TelemetryGuard};
@@ -252,25 +252,13 @@ async fn memory_job_spans_continue_the_producer_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_job_spans_continue_the_producer_trace() {
-    let h = Harness {
-        broker: Arc::new(amqp_broker().await),
-        timing: Timing {
-            visibility: Duration::from_secs(1),
-            slack: Duration::from_millis(500),
-        },
-    };
+    let h = rabbitmq_harness().await;
     job_spans_continue_the_producer_trace(h, "rabbitmq").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_job_spans_continue_the_producer_trace() {
-    let h = Harness {
-        broker: Arc::new(sqs_broker().await),
-        timing: Timing {
-            visibility: Duration::from_secs(2),
-            slack: Duration::from_millis(1500),
-        },
-    };
+    let h = sqs_harness().await;
     job_spans_continue_the_producer_trace(h, "aws_sqs").await;
 }
 

@@ -61,7 +61,8 @@ async fn on_tick(_job: Tick, ticks: Dep<Ticks>, ctx: JobContext) -> Result<(), J
     Ok(())
 }
 
-fn millis(at: SystemTime) -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn millis(at: SystemTime) -> u64 {
     u64::try_from(
         at.duration_since(UNIX_EPOCH)
             .unwrap_or_default()
