@@ -92,6 +92,7 @@ pub struct WorkerBuilder {
     visibility_timeout: Option<Duration>,
     schedules: Vec<Schedule>,
     schedule_error: Option<ScheduleError>,
+    standby_poll: Option<Duration>,
 }
 
 impl WorkerBuilder {
@@ -113,6 +114,7 @@ impl WorkerBuilder {
             visibility_timeout: None,
             schedules: Vec::new(),
             schedule_error: None,
+            standby_poll: None,
         }
     }
 
@@ -256,6 +258,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// How often a replica that does not hold a schedule's lease asks for it: the longest a
+    /// graceful failover waits. Each ask is a broker call (on SQS, a billed request).
+    /// Default: 1 s.
+    pub fn schedule_standby_poll(mut self, every: Duration) -> Self {
+        self.standby_poll = Some(every);
+        self
+    }
+
     /// Adds a schedule built with [`Schedule::new`] (to set its catch-up policy or grace).
     pub fn add_schedule(mut self, schedule: Schedule) -> Self {
         self.schedules.push(schedule);
@@ -268,6 +278,9 @@ impl WorkerBuilder {
             return Err(error.into());
         }
         let mut scheduler = Scheduler::new(Arc::clone(&self.broker), self.queue.clone());
+        if let Some(every) = self.standby_poll {
+            scheduler = scheduler.standby_poll(every);
+        }
         for schedule in self.schedules {
             if !self.registry.contains_key(schedule.job()) {
                 return Err(BuildError::UnhandledSchedule {
