@@ -12,6 +12,39 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use longshore::{ConsumeOptions, Message, Trigger};
 
+/// Publishes a probe as a plain AMQP client would: the JSON body, `longshore-job`, and
+/// `headers`, on a channel in confirm mode; asserts RabbitMQ took it.
+async fn publish_plain(
+    channel: &lapin::Channel,
+    queue: &longshore::QueueName,
+    body: &[u8],
+    headers: Vec<(&str, AMQPValue)>,
+) {
+    let mut table = FieldTable::default();
+    table.insert(
+        "longshore-job".into(),
+        AMQPValue::LongString("probe".into()),
+    );
+    for (name, value) in headers {
+        table.insert(name.into(), value);
+    }
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_headers(table),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+}
+
 async fn rabbitmq() -> Harness {
     rabbitmq_harness().await
 }
@@ -28,31 +61,12 @@ async fn a_message_from_a_plain_amqp_client_is_processed() {
     // What a producer in another language sends: the JSON body and the job header. One
     // sends the attempt as an integer, as some clients do.
     for (key, attempt) in [(7, None), (8, Some(AMQPValue::LongInt(1)))] {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            "longshore-job".into(),
-            AMQPValue::LongString("probe".into()),
-        );
-        headers.insert("tenant".into(), AMQPValue::LongString("acme".into()));
+        let mut headers = vec![("tenant", AMQPValue::LongString("acme".into()))];
         if let Some(attempt) = attempt {
-            headers.insert("longshore-attempt".into(), attempt);
+            headers.push(("longshore-attempt", attempt));
         }
         let body = format!(r#"{{"key": {key}, "behaviour": "Succeed"}}"#);
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_headers(headers),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack());
+        publish_plain(&channel, &queue, body.as_bytes(), headers).await;
     }
     let recorder = Arc::new(Recorder::default());
     let worker = Running::start(probe_worker(&h, &queue, &recorder));
@@ -119,27 +133,20 @@ async fn a_message_not_yet_due_hops_until_its_due_time() {
     let h = rabbitmq().await;
     let queue = declared_queue(&h, "hop").await;
     let (_connection, channel) = raw_amqp_channel().await;
-    let due = std::time::SystemTime::now() + Duration::from_millis(1500);
-    let due_ms = longshore::unix_millis(due);
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "longshore-job".into(),
-        AMQPValue::LongString("probe".into()),
-    );
-    headers.insert(
-        "longshore-due-at".into(),
-        AMQPValue::LongString(due_ms.to_string().into()),
-    );
     channel
-        .basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions::default(),
-            br#"{"key": 1, "behaviour": "Succeed"}"#,
-            BasicProperties::default().with_headers(headers),
-        )
+        .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
+    let due = std::time::SystemTime::now() + Duration::from_millis(1500);
+    let due_ms = longshore::unix_millis(due);
+    let due_header = AMQPValue::LongString(due_ms.to_string().into());
+    publish_plain(
+        &channel,
+        &queue,
+        br#"{"key": 1, "behaviour": "Succeed"}"#,
+        vec![("longshore-due-at", due_header)],
+    )
+    .await;
     let mut stream = h
         .broker
         .consume(&queue, &ConsumeOptions::default().prefetch(1))

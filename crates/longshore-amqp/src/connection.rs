@@ -149,9 +149,7 @@ impl Publisher {
             }
         }
     }
-}
 
-impl Publisher {
     /// Publishes `message` for `queue` as delivery number `attempt`, after `delay` (through
     /// the ladder, in hops past its reach).
     pub(crate) async fn publish_message(
@@ -174,16 +172,12 @@ pub(crate) fn outgoing<'a>(
     attempt: Attempt,
     route: &'a delay::Route,
 ) -> Outgoing<'a> {
-    let due_at = route
-        .due_at
-        .iter()
-        .map(|due| (headers::DUE_AT, due.clone()))
-        .collect::<Vec<_>>();
+    let due_at = route.due_at.clone().map(|due| (headers::DUE_AT, due));
     Outgoing {
         exchange: &route.exchange,
         routing_key: &route.routing_key,
         body: &message.body,
-        properties: wire::encode(message, attempt, &due_at),
+        properties: wire::encode(message, attempt, due_at.as_slice()),
         message_id: &message.id,
         queue,
     }

@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use lapin::options::{
@@ -22,14 +22,13 @@ use lapin::options::{
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use longshore_core::schedule::{
     ScheduleKey, ScheduleLease, decode_watermark, encode_watermark, lease_lost,
 };
 use longshore_core::{Attempt, BrokerError, BrokerUrl, Message, QueueName};
 
-use crate::connection::{Outgoing, Publisher, broker_error};
-use crate::wire;
+use crate::connection::{Publisher, broker_error};
 
 /// The connection leases are taken on, opened when first needed and replaced when it died,
 /// and the keys this process holds (RabbitMQ would let two leases on one connection share an
@@ -205,27 +204,6 @@ impl AmqpLease {
         }
         Ok(newest.map(|(watermark, _)| watermark))
     }
-
-    async fn publish_on_lease(
-        &self,
-        queue: &QueueName,
-        message: &Message,
-        properties: BasicProperties,
-    ) -> Result<(), BrokerError> {
-        if !self.is_held() {
-            return Err(lease_lost(&self.key));
-        }
-        self.publisher
-            .publish(Outgoing {
-                exchange: "",
-                routing_key: queue.as_str(),
-                body: &message.body,
-                properties,
-                message_id: &message.id,
-                queue,
-            })
-            .await
-    }
 }
 
 #[async_trait]
@@ -252,8 +230,13 @@ impl ScheduleLease for AmqpLease {
     }
 
     async fn publish(&mut self, queue: &QueueName, message: Message) -> Result<(), BrokerError> {
-        let properties = wire::encode(&message, Attempt::FIRST, &[]);
-        self.publish_on_lease(queue, &message, properties).await
+        if !self.is_held() {
+            return Err(lease_lost(&self.key));
+        }
+        // As the broker publishes a job, but on the lease's own channel.
+        self.publisher
+            .publish_message(queue, &message, Attempt::FIRST, Duration::ZERO)
+            .await
     }
 
     async fn record(&mut self, watermark: SystemTime) -> Result<(), BrokerError> {
@@ -261,12 +244,14 @@ impl ScheduleLease for AmqpLease {
             "longshore-schedule-state",
             encode_watermark(&self.key, watermark),
         );
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into());
-        // The new state first, then the old ones go: a reader takes the newest it finds.
-        let state = self.state.clone();
-        self.publish_on_lease(&state, &record, properties).await?;
+        if !self.is_held() {
+            return Err(lease_lost(&self.key));
+        }
+        // The new state first (persistent, confirmed), then the old ones go: a reader takes
+        // the newest it finds.
+        self.publisher
+            .publish_message(&self.state, &record, Attempt::FIRST, Duration::ZERO)
+            .await?;
         self.compact_state().await?;
         self.watermark = Some(watermark);
         Ok(())

@@ -12,11 +12,7 @@ use crate::names::{MessageId, QueueName};
 use crate::telemetry;
 
 /// The PRODUCER span of one publish: `send <queue>`, with the messaging attributes.
-pub(crate) fn send_span(
-    system: &'static str,
-    queue: &QueueName,
-    message: &Message,
-) -> tracing::Span {
+fn send_span(system: &'static str, queue: &QueueName, message: &Message) -> tracing::Span {
     tracing::info_span!(
         "send",
         otel.name = %format_args!("send {queue}"),
@@ -29,6 +25,30 @@ pub(crate) fn send_span(
         messaging.message.body.size = message.body.len(),
         longshore.job.name = %message.job,
     )
+}
+
+/// Publishes `message` with `send` inside its PRODUCER span, the span's trace context
+/// injected into the message headers first; a failure is recorded on the span. Every
+/// publish of a new job goes through here: enqueues and schedule ticks.
+pub(crate) async fn send_traced<F, Fut>(
+    system: &'static str,
+    queue: &QueueName,
+    mut message: Message,
+    send: F,
+) -> Result<(), BrokerError>
+where
+    F: FnOnce(Message) -> Fut,
+    Fut: Future<Output = Result<(), BrokerError>>,
+{
+    let span = send_span(system, queue, &message);
+    if let Some(telemetry) = telemetry::installed() {
+        telemetry.inject(&span, &mut message.headers);
+    }
+    let published = send(message).instrument(span.clone()).await;
+    if let Err(error) = &published {
+        span.record("otel.status_description", error.to_string());
+    }
+    published
 }
 
 /// Enqueues jobs on one queue of a broker. Cheap to clone.
@@ -174,7 +194,7 @@ impl Producer {
             job: J::NAME,
             source,
         })?;
-        let mut message = Message {
+        let message = Message {
             id: options.id.unwrap_or_else(MessageId::generate),
             job: J::NAME.into(),
             body,
@@ -185,19 +205,10 @@ impl Producer {
             deduplication_id: options.deduplication_id,
         };
         let id = message.id.clone();
-        let span = send_span(self.broker.system(), &self.queue, &message);
-        if let Some(telemetry) = telemetry::installed() {
-            telemetry.inject(&span, &mut message.headers);
-        }
-        let published = self
-            .broker
-            .publish(&self.queue, message)
-            .instrument(span.clone())
-            .await;
-        if let Err(error) = &published {
-            span.record("otel.status_description", error.to_string());
-        }
-        published?;
+        send_traced(self.broker.system(), &self.queue, message, |message| {
+            self.broker.publish(&self.queue, message)
+        })
+        .await?;
         Ok(id)
     }
 }

@@ -59,12 +59,10 @@ pub(crate) async fn take(
     broker: &SqsBroker,
     key: &ScheduleKey,
 ) -> Result<Option<Box<dyn ScheduleLease>>, BrokerError> {
-    let client = broker.inner.client.clone();
     let name = QueueName::new(lease_queue_name(key)?);
     let url = broker.lease_url(&name).await?;
     let mut lease = SqsLease {
         broker: broker.clone(),
-        client,
         key: key.clone(),
         queue: name,
         url,
@@ -107,7 +105,6 @@ pub(crate) async fn delete(broker: &SqsBroker, key: &ScheduleKey) -> Result<(), 
 /// A held lease: the receipt handles of the token(s) received.
 struct SqsLease {
     broker: SqsBroker,
-    client: Client,
     key: ScheduleKey,
     queue: QueueName,
     url: String,
@@ -125,6 +122,8 @@ impl SqsLease {
         let mut wait = wait;
         loop {
             let received = self
+                .broker
+                .inner
                 .client
                 .receive_message()
                 .queue_url(&self.url)
@@ -158,6 +157,8 @@ impl SqsLease {
     /// Tokens in the queue, visible or not.
     async fn token_count(&self) -> Result<u64, BrokerError> {
         let attributes = self
+            .broker
+            .inner
             .client
             .get_queue_attributes()
             .queue_url(&self.url)
@@ -184,7 +185,9 @@ impl SqsLease {
             ),
             None => (b"{\"seed\":true}".to_vec(), "seed".to_owned()),
         };
-        self.client
+        self.broker
+            .inner
+            .client
             .send_message()
             .queue_url(&self.url)
             .message_body(String::from_utf8_lossy(&body))
@@ -198,18 +201,36 @@ impl SqsLease {
 
     /// Sets the visibility of every held token.
     async fn set_visibility(&self, seconds: i32) -> Result<(), BrokerError> {
-        for receipt in &self.receipts {
-            self.client
-                .change_message_visibility()
-                .queue_url(&self.url)
-                .receipt_handle(receipt)
-                .visibility_timeout(seconds)
-                .send()
-                .await
-                .map_err(|error| broker_error(error, &self.queue))?;
-        }
-        Ok(())
+        set_visibility(
+            &self.broker.inner.client,
+            &self.queue,
+            &self.url,
+            &self.receipts,
+            seconds,
+        )
+        .await
     }
+}
+
+/// Sets the visibility of the tokens of `queue` (at `url`) received with `receipts`.
+async fn set_visibility(
+    client: &Client,
+    queue: &QueueName,
+    url: &str,
+    receipts: &[String],
+    seconds: i32,
+) -> Result<(), BrokerError> {
+    for receipt in receipts {
+        client
+            .change_message_visibility()
+            .queue_url(url)
+            .receipt_handle(receipt)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+            .map_err(|error| broker_error(error, queue))?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -249,7 +270,9 @@ impl ScheduleLease for SqsLease {
         // the newest.
         self.send_token(Some(watermark)).await?;
         for receipt in std::mem::take(&mut self.receipts) {
-            self.client
+            self.broker
+                .inner
+                .client
                 .delete_message()
                 .queue_url(&self.url)
                 .receipt_handle(receipt)
@@ -275,19 +298,15 @@ impl Drop for SqsLease {
         }
         // Dropped without release (the scheduler task was cancelled): make the token visible
         // now rather than when its visibility runs out.
-        let (client, url) = (self.client.clone(), self.url.clone());
+        let (client, queue, url) = (
+            self.broker.inner.client.clone(),
+            self.queue.clone(),
+            self.url.clone(),
+        );
         let receipts = std::mem::take(&mut self.receipts);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                for receipt in receipts {
-                    let _ = client
-                        .change_message_visibility()
-                        .queue_url(&url)
-                        .receipt_handle(receipt)
-                        .visibility_timeout(0)
-                        .send()
-                        .await;
-                }
+                let _ = set_visibility(&client, &queue, &url, &receipts, 0).await;
             });
         }
     }

@@ -2,7 +2,7 @@
 //! holds the lease and the watermark. Replicas sharing one `MemoryBroker` see one another.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -52,7 +52,6 @@ impl Slots {
 /// A held lease of the memory broker; released when dropped.
 pub(super) struct MemoryLease {
     pub(super) broker: MemoryBroker,
-    pub(super) slots: Arc<Slots>,
     pub(super) key: ScheduleKey,
     pub(super) holder: u64,
     pub(super) watermark: Option<SystemTime>,
@@ -60,7 +59,9 @@ pub(super) struct MemoryLease {
 
 impl MemoryLease {
     fn held(&self) -> bool {
-        self.slots
+        self.broker
+            .inner
+            .schedules
             .with(&self.key, |slot| slot.holder == Some(self.holder))
     }
 }
@@ -91,7 +92,7 @@ impl ScheduleLease for MemoryLease {
     }
 
     async fn record(&mut self, watermark: SystemTime) -> Result<(), BrokerError> {
-        let recorded = self.slots.with(&self.key, |slot| {
+        let recorded = self.broker.inner.schedules.with(&self.key, |slot| {
             if slot.holder != Some(self.holder) {
                 return false;
             }
@@ -112,7 +113,7 @@ impl ScheduleLease for MemoryLease {
 
 impl Drop for MemoryLease {
     fn drop(&mut self) {
-        self.slots.with(&self.key, |slot| {
+        self.broker.inner.schedules.with(&self.key, |slot| {
             if slot.holder == Some(self.holder) {
                 slot.holder = None;
             }

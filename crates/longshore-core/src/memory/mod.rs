@@ -39,7 +39,7 @@ pub struct MemoryBroker {
 struct Inner {
     queues: Mutex<HashMap<QueueName, QueueState>>,
     next_lease: AtomicU64,
-    schedules: Arc<lease::Slots>,
+    schedules: lease::Slots,
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -231,7 +231,6 @@ impl Broker for MemoryBroker {
             .map(|watermark| -> Box<dyn ScheduleLease> {
                 Box::new(lease::MemoryLease {
                     broker: self.clone(),
-                    slots: Arc::clone(&self.inner.schedules),
                     key: key.clone(),
                     holder,
                     watermark,

@@ -59,11 +59,7 @@ impl CronSchedule {
 
     /// The first tick strictly after `after`, or `None` if the expression never matches again.
     pub fn next_after(&self, after: SystemTime) -> Option<SystemTime> {
-        let local = DateTime::<Utc>::from(after).with_timezone(&self.time_zone);
-        self.cron
-            .find_next_occurrence(&local, false)
-            .ok()
-            .map(|next| SystemTime::from(next.with_timezone(&Utc)))
+        self.occurrence(after, Direction::Next, false)
     }
 
     /// The ticks `t` with `after < t <= until`, oldest first.
@@ -81,20 +77,38 @@ impl CronSchedule {
 
     /// The latest tick strictly before `before`.
     pub fn previous_before(&self, before: SystemTime) -> Option<SystemTime> {
-        let local = DateTime::<Utc>::from(before).with_timezone(&self.time_zone);
-        self.cron
-            .find_previous_occurrence(&local, false)
-            .ok()
-            .map(|previous| SystemTime::from(previous.with_timezone(&Utc)))
+        self.occurrence(before, Direction::Previous, false)
     }
 
     /// The latest tick at or before `at`, if any in the last `within`.
     pub fn latest_at_or_before(&self, at: SystemTime, within: Duration) -> Option<SystemTime> {
-        let local = DateTime::<Utc>::from(at).with_timezone(&self.time_zone);
-        let previous = self.cron.find_previous_occurrence(&local, true).ok()?;
-        let previous = SystemTime::from(previous.with_timezone(&Utc));
+        let previous = self.occurrence(at, Direction::Previous, true)?;
         (at.duration_since(previous).unwrap_or_default() <= within).then_some(previous)
     }
+
+    /// The tick nearest `from` in `direction` (`from` itself too when `inclusive`), found in
+    /// the schedule's time zone.
+    fn occurrence(
+        &self,
+        from: SystemTime,
+        direction: Direction,
+        inclusive: bool,
+    ) -> Option<SystemTime> {
+        let local = DateTime::<Utc>::from(from).with_timezone(&self.time_zone);
+        let found = match direction {
+            Direction::Next => self.cron.find_next_occurrence(&local, inclusive),
+            Direction::Previous => self.cron.find_previous_occurrence(&local, inclusive),
+        };
+        found
+            .ok()
+            .map(|tick| SystemTime::from(tick.with_timezone(&Utc)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Next,
+    Previous,
 }
 
 #[cfg(test)]

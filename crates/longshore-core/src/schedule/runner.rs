@@ -12,6 +12,7 @@ use super::{Schedule, ScheduleError};
 use crate::broker::Broker;
 use crate::message::{Message, headers, unix_millis};
 use crate::names::{MessageId, QueueName};
+use crate::producer::send_traced;
 use crate::runtime::Shutdown;
 
 /// Runs cron schedules whose ticks are enqueued on one queue. Run it in every replica: each
@@ -178,7 +179,7 @@ async fn hold(
         }
         let mut last_enqueued = None;
         for tick in &plan.enqueue {
-            let mut message = match tick_message(schedule, *tick) {
+            let message = match tick_message(schedule, *tick) {
                 Ok(message) => message,
                 Err(error) => {
                     tracing::error!(%key, %error, "the schedule's job does not encode; tick dropped");
@@ -186,11 +187,11 @@ async fn hold(
                 }
             };
             let id = message.id.clone();
-            let span = crate::producer::send_span(system, &key.queue, &message);
-            if let Some(telemetry) = crate::telemetry::installed() {
-                telemetry.inject(&span, &mut message.headers);
-            }
-            if let Err(error) = publish(&mut *lease, key, message, &span).await {
+            let published = send_traced(system, &key.queue, message, |message| {
+                lease.publish(&key.queue, message)
+            })
+            .await;
+            if let Err(error) = published {
                 tracing::warn!(%key, %error, message_id = %id, "cannot enqueue a tick");
                 // Record what did go out, so the next holder does not enqueue it again.
                 if let Some(done) = last_enqueued {
@@ -232,29 +233,9 @@ async fn hold(
     }
 }
 
-async fn publish(
-    lease: &mut dyn ScheduleLease,
-    key: &ScheduleKey,
-    message: Message,
-    span: &tracing::Span,
-) -> Result<(), crate::broker::BrokerError> {
-    use tracing::Instrument as _;
-    let published = lease
-        .publish(&key.queue, message)
-        .instrument(span.clone())
-        .await;
-    if let Err(error) = &published {
-        span.record("otel.status_description", error.to_string());
-    }
-    published
-}
-
 /// The job message for one tick: id and deduplication id `schedule:<name>@<millis>`, and the
 /// trigger header the runtime reads into [`Trigger::Schedule`](crate::Trigger).
-pub(crate) fn tick_message(
-    schedule: &Schedule,
-    tick: SystemTime,
-) -> Result<Message, serde_json::Error> {
+fn tick_message(schedule: &Schedule, tick: SystemTime) -> Result<Message, serde_json::Error> {
     let trigger = format!("schedule:{}@{}", schedule.name, unix_millis(tick));
     let mut message = Message::new(schedule.job.clone(), (schedule.make)()?);
     message.id = MessageId::from(trigger.clone());
