@@ -11,9 +11,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use longshore::spi::headers;
 use longshore::{
-    Broker, Dep, Job, JobContext, JobError, JobOutcome, MemoryBroker, Producer, QueueName,
-    QueueOptions, RetryPolicy, Worker, headers,
+    Broker, Dep, Job, JobContext, JobError, MemoryBroker, Producer, QueueName, QueueOptions,
+    RetryPolicy, Worker,
 };
 use serde::{Deserialize, Serialize};
 
@@ -113,16 +114,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let worker = Worker::builder(Arc::clone(&broker), queue.clone())
         .dependency(Arc::clone(&ledger))
         .scoped_with_disposer(
-            |scope| async move {
-                let ledger = scope.get::<Arc<Ledger>>().await?;
-                Ok(LedgerTx {
+            |ledger: Dep<Arc<Ledger>>| async move {
+                Ok::<_, JobError>(LedgerTx {
                     ledger: Arc::clone(&ledger),
                     pending: Mutex::default(),
                 })
             },
-            |tx: Arc<LedgerTx>, outcome| async move {
-                let pending = std::mem::take(&mut *tx.pending.lock().expect("not poisoned"));
-                if outcome == JobOutcome::Succeeded {
+            |tx: LedgerTx, succeeded| async move {
+                let pending = tx.pending.into_inner().expect("not poisoned");
+                if succeeded {
                     tx.ledger
                         .committed
                         .lock()
@@ -131,6 +131,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 } else {
                     *tx.ledger.rolled_back.lock().expect("not poisoned") += 1;
                 }
+                Ok::<_, JobError>(())
             },
         )
         .handler(charge_card)

@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use longshore::{
-    Broker, ConsumeOptions, Job, JobError, MemoryBroker, Producer, QueueName, QueueOptions, Worker,
-};
+use longshore::spi::ConsumeOptions;
+use longshore::{Broker, Job, JobError, MemoryBroker, Producer, QueueName, QueueOptions, Worker};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -28,6 +27,16 @@ impl Job for Noop {
 
 async fn noop(_: Noop) -> Result<(), JobError> {
     Ok(())
+}
+
+/// The telemetry hooks of `-- telemetry`'s `on` run, given to every worker it builds.
+static HOOKS: std::sync::OnceLock<Arc<dyn longshore::spi::Telemetry>> = std::sync::OnceLock::new();
+
+fn with_hooks(builder: longshore::WorkerBuilder) -> longshore::WorkerBuilder {
+    match HOOKS.get() {
+        Some(hooks) => builder.telemetry(Arc::clone(hooks)),
+        None => builder,
+    }
 }
 
 struct Figure {
@@ -93,7 +102,7 @@ async fn drain_with_worker(
     concurrency: usize,
     poll: Duration,
 ) -> Duration {
-    let worker = Worker::builder(Arc::clone(broker), queue.clone())
+    let worker = with_hooks(Worker::builder(Arc::clone(broker), queue.clone()))
         .handler(noop)
         .concurrency(concurrency)
         .build()
@@ -279,7 +288,7 @@ mod amqp {
         concurrency: usize,
         io: bool,
     ) -> Duration {
-        let builder = Worker::builder(Arc::clone(broker), queue.clone())
+        let builder = super::with_hooks(Worker::builder(Arc::clone(broker), queue.clone()))
             .prefetch(prefetch)
             .concurrency(concurrency);
         let worker = if io {
@@ -634,6 +643,9 @@ fn telemetry_run(runtime: &tokio::runtime::Runtime, mode: &str, amqp_jobs: u64) 
             .service_name("longshore-bench");
     }
     let guard = longshore::otel::init_with(&config).expect("telemetry sets up");
+    if mode == "on" {
+        let _ = HOOKS.set(guard.hooks());
+    }
     let figures = runtime.block_on(async {
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
         let queue = QueueName::new("bench-telemetry");

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use integration_tests::harness::{amqp_broker, unique_queue};
-use longshore::{Broker, ConsumeOptions, Message, QueueOptions};
+use longshore::spi::{ConsumeOptions, Message};
+use longshore::{Broker, QueueOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_deliveries_never_exceed_the_prefetch() {

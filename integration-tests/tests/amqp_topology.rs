@@ -16,7 +16,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use longshore::amqp::AmqpBroker;
-use longshore::{Broker, BrokerError, QueueOptions, Topology, Worker, WorkerError, headers};
+use longshore::spi::headers;
+use longshore::{Broker, BrokerError, QueueOptions, Topology, Worker, WorkerError};
 
 fn harness(broker: AmqpBroker) -> Harness {
     Harness {

@@ -10,7 +10,8 @@ use integration_tests::harness::{Harness, Recorder, Running, rabbitmq_harness, r
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use longshore::{ConsumeOptions, Message, Trigger};
+use longshore::Trigger;
+use longshore::spi::{ConsumeOptions, Message};
 
 /// Publishes a probe as a plain AMQP client would: the JSON body, `longshore-job`, and
 /// `headers`, on a channel in confirm mode; asserts RabbitMQ took it.
@@ -138,7 +139,7 @@ async fn a_message_not_yet_due_hops_until_its_due_time() {
         .await
         .unwrap();
     let due = std::time::SystemTime::now() + Duration::from_millis(1500);
-    let due_ms = longshore::unix_millis(due);
+    let due_ms = longshore::spi::unix_millis(due);
     let due_header = AMQPValue::LongString(due_ms.to_string().into());
     publish_plain(
         &channel,

@@ -65,7 +65,9 @@ async fn holder_killed(h: Harness, replica: Arc<dyn Broker>, url: &str, env: &[(
     );
     assert!(*all.first().expect("ticks") < millis(killed_at), "{all:?}");
     h.broker
-        .delete_schedule(&ScheduleKey {
+        .schedules()
+        .expect("the broker holds schedules")
+        .delete(&ScheduleKey {
             queue: queue.clone(),
             name: "every-second".into(),
         })

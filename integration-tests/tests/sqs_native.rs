@@ -15,11 +15,9 @@ use integration_tests::harness::{
     sqs_broker, sqs_endpoint, sqs_env, unique_queue,
 };
 use integration_tests::process::WorkerProcess;
+use longshore::spi::{ConsumeOptions, Message};
 use longshore::sqs::SqsBroker;
-use longshore::{
-    BrokerError, ConsumeOptions, EnqueueError, EnqueueOptions, Message, Producer, QueueOptions,
-    Trigger,
-};
+use longshore::{BrokerError, EnqueueError, EnqueueOptions, Producer, QueueOptions, Trigger};
 
 fn harness(broker: SqsBroker) -> Harness {
     Harness {

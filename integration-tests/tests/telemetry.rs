@@ -3,7 +3,8 @@
 //! one span per attempt, error status on failure, the handler's spans nested inside; on
 //! memory, RabbitMQ and SQS. And the job metrics after a known mix of outcomes.
 //!
-//! One process-wide set-up (`longshore_otel::init_with`) exports to one receiver; each test
+//! One set-up (`longshore_otel::init_with`, which installs the process's `tracing`
+//! subscriber) exports to one receiver; each worker and producer gets its hooks; each test
 //! finds its own spans and points by its unique queue name.
 
 use std::sync::{Arc, OnceLock};
@@ -89,7 +90,8 @@ fn of_queue<'a>(spans: &'a [Span], queue: &QueueName) -> Vec<&'a Span> {
 async fn job_spans_continue_the_producer_trace(h: Harness, system: &str) {
     let receiver = &telemetry().receiver;
     let queue = declared_queue(&h, "trace").await;
-    let producer = Producer::new(Arc::clone(&h.broker), queue.clone());
+    let producer = Producer::new(Arc::clone(&h.broker), queue.clone())
+        .with_telemetry(telemetry().guard.hooks());
     let flaky = producer
         .enqueue(&Traced {
             fail_until: 2,
@@ -106,6 +108,7 @@ async fn job_spans_continue_the_producer_trace(h: Harness, system: &str) {
         .expect("enqueue");
     let worker = Running::start(
         Worker::builder(Arc::clone(&h.broker), queue.clone())
+            .telemetry(telemetry().guard.hooks())
             .handler(traced)
             .queue_options(QueueOptions::default().visibility_timeout(h.timing.visibility))
             .retry_policy(RetryPolicy::exponential(
@@ -296,7 +299,8 @@ async fn metrics_count_a_known_mix_of_outcomes() {
     probes.push(probe(6, Behaviour::FailPermanently));
     probes.push(probe(7, Behaviour::PanicUntil(99)));
     integration_tests::conformance::enqueue(&h, &queue, probes).await;
-    let worker = Running::start(probe_worker(&h, &queue, &recorder));
+    let worker =
+        Running::start(probe_worker(&h, &queue, &recorder).telemetry(telemetry().guard.hooks()));
     integration_tests::conformance::await_worker(&h, &worker, "the mix to settle", |s| {
         s.succeeded == 6 && s.dead_lettered == 2
     })

@@ -1,299 +1,263 @@
-//! Connection and recovery: connecting by URL with lapin's automatic recovery, the shared
-//! confirm-mode publishing channel, and mapping lapin errors to [`BrokerError`].
+//! Connection and recovery: one connection per broker, and one mechanism that brings it back.
+//!
+//! lapin's own automatic recovery is off: it replays consumers on the connection it brings
+//! back, so together with a second mechanism it left consumers nobody read, each holding a
+//! full prefetch of jobs that never ran. Here the [`Link`]'s supervisor alone replaces a
+//! connection that died: it closes what is left of the old one, opens a new one with its
+//! publishing channel, and bumps the generation, which ends every consumer of the old
+//! connection; the worker then consumes again on the new one. Deliveries of the old
+//! connection can no longer be acked (RabbitMQ redelivers them) and are never started.
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
-use longshore_core::{Attempt, BrokerError, BrokerUrl, Message, MessageId, QueueName, headers};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::time::Duration;
 
-use crate::{delay, wire};
+use futures_util::StreamExt;
+use lapin::{Connection, ConnectionProperties, Event};
+use longshore_core::{BrokerError, BrokerUrl};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
-/// How many times a publish is retried across connection recoveries before it fails.
-const PUBLISH_TRIES: usize = 5;
+use crate::publish::Publisher;
 
-/// Connects with lapin's automatic recovery: on connection loss it reconnects with backoff
-/// and replays exchanges, queues, bindings, consumers, QoS and confirm mode.
-pub(crate) async fn connect(url: &BrokerUrl) -> Result<Connection, BrokerError> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name("longshore".into())
-        .enable_auto_recover()
-        .configure_backoff(|backoff| {
-            backoff
-                .with_min_delay(std::time::Duration::from_millis(100))
-                .with_max_delay(std::time::Duration::from_secs(5))
-                .with_jitter()
-                .without_max_times()
-        });
-    Connection::connect(url.expose(), properties)
-        .await
-        .map_err(|error| {
-            BrokerError::Connection(format!("cannot connect to {url}: {error}").into())
-        })
-}
+/// How often the supervisor looks at the connection, besides lapin's error events.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// The first and the longest wait between reconnection tries.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MOST: Duration = Duration::from_secs(5);
 
-/// Maps a lapin error; `queue` names the queue the operation was about.
-pub(crate) fn broker_error(error: lapin::Error, queue: &QueueName) -> BrokerError {
-    match error.kind() {
-        ErrorKind::ProtocolError(amqp) => match amqp.kind() {
-            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => BrokerError::QueueNotFound {
-                queue: queue.clone(),
-            },
-            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => BrokerError::Topology {
-                queue: queue.clone(),
-                problem: format!(
-                    "it exists with other settings than longshore declares ({}); delete it, or \
-                     plug into it as it is with Topology::Verify",
-                    amqp.get_message()
-                ),
-            },
-            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => BrokerError::Topology {
-                queue: queue.clone(),
-                problem: format!("the broker refused access ({})", amqp.get_message()),
-            },
-            _ => BrokerError::Other(Box::new(error)),
-        },
-        ErrorKind::IOError(_)
-        | ErrorKind::InvalidChannel(_)
-        | ErrorKind::InvalidChannelState(..)
-        | ErrorKind::InvalidConnectionState(_)
-        | ErrorKind::MissingHeartbeatError => BrokerError::Connection(Box::new(error)),
-        _ => BrokerError::Other(Box::new(error)),
+/// `host:port` of a URL, for error messages (no user info).
+fn endpoint(url: &BrokerUrl) -> String {
+    let plain = url.redacted();
+    let rest = plain
+        .split_once("://")
+        .map_or(plain.as_str(), |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if host.contains(':') || host.is_empty() {
+        host.to_owned()
+    } else {
+        let port = if url.scheme() == "amqps" { 5671 } else { 5672 };
+        format!("{host}:{port}")
     }
 }
 
-/// The shared publishing channel, in confirm mode: every publish returns only once the
-/// broker has the message, and a mandatory publish that routes nowhere is an error.
-#[derive(Clone)]
-pub(crate) struct Publisher {
-    channel: Channel,
+/// One try to connect, without lapin's recovery.
+async fn connect_once(url: &BrokerUrl, name: &str) -> Result<Connection, lapin::Error> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url.expose(), properties).await
 }
 
-/// One message to publish.
-#[derive(Clone)]
-pub(crate) struct Outgoing<'a> {
-    pub(crate) exchange: &'a str,
-    pub(crate) routing_key: &'a str,
-    pub(crate) body: &'a [u8],
-    pub(crate) properties: BasicProperties,
-    /// For errors: the message and the queue it was meant for.
-    pub(crate) message_id: &'a MessageId,
-    pub(crate) queue: &'a QueueName,
-}
-
-impl Publisher {
-    pub(crate) async fn open(connection: &Connection) -> Result<Self, BrokerError> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| BrokerError::Connection(Box::new(e)))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| BrokerError::Connection(Box::new(e)))?;
-        Ok(Self { channel })
-    }
-
-    /// The channel.
-    pub(crate) fn channel(&self) -> &Channel {
-        &self.channel
-    }
-
-    /// Publishes with `mandatory` set and waits for the broker's confirm, retrying across
-    /// connection recoveries. A message the broker returns (no route) is
-    /// [`BrokerError::QueueNotFound`].
-    pub(crate) async fn publish(&self, out: Outgoing<'_>) -> Result<(), BrokerError> {
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
+/// Connects, trying again with backoff until `timeout` passes; each failed try is logged
+/// at WARN with its cause. The error names the host, the port and the last cause.
+pub(crate) async fn connect(
+    url: &BrokerUrl,
+    name: &str,
+    timeout: Duration,
+) -> Result<Connection, BrokerError> {
+    let deadline = Instant::now() + timeout;
+    let mut wait = RETRY_FIRST * 2;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let cause = match tokio::time::timeout(left, connect_once(url, name)).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {timeout:?}"),
         };
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let sent = self
-                .channel
-                .basic_publish(
-                    out.exchange.into(),
-                    out.routing_key.into(),
-                    options,
-                    out.body,
-                    out.properties.clone(),
+        if Instant::now() + wait >= deadline {
+            return Err(BrokerError::Connection(
+                format!(
+                    "could not connect to RabbitMQ at {} within {timeout:?} ({url}): {cause}; \
+                     check that it runs and the URL is right",
+                    endpoint(url)
                 )
-                .await;
-            let confirmed = match sent {
-                Ok(confirm) => confirm.await,
-                Err(error) => Err(error),
-            };
-            match confirmed {
-                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => return Ok(()),
-                Ok(Confirmation::Ack(Some(_))) => {
-                    return Err(BrokerError::QueueNotFound {
-                        queue: out.queue.clone(),
-                    });
-                }
-                Ok(Confirmation::Nack(_)) => {
-                    return Err(BrokerError::Other(
-                        format!(
-                            "RabbitMQ refused message `{}` (publisher nack)",
-                            out.message_id
-                        )
-                        .into(),
-                    ));
-                }
-                Err(error) if tries < PUBLISH_TRIES && error.can_be_recovered() => {
-                    tracing::warn!(%error, "publish failed; waiting for the connection to recover");
-                    if let Err(error) = self.channel.wait_for_recovery(error).await {
-                        return Err(broker_error(error, out.queue));
-                    }
-                }
-                Err(error) => return Err(broker_error(error, out.queue)),
-            }
+                .into(),
+            ));
         }
-    }
-
-    /// Publishes `message` for `queue` as delivery number `attempt`, after `delay` (through
-    /// the ladder, in hops past its reach).
-    pub(crate) async fn publish_message(
-        &self,
-        queue: &QueueName,
-        message: &Message,
-        attempt: Attempt,
-        delay: std::time::Duration,
-    ) -> Result<(), BrokerError> {
-        let route = delay::route(queue, &message.id, delay)?;
-        self.publish(outgoing(queue, message, attempt, &route))
-            .await
+        tracing::warn!(%url, cause, retry_in_ms = wait.as_millis() as u64, "cannot connect to RabbitMQ yet");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY_MOST);
     }
 }
 
-/// The publish of `message` along `route`.
-pub(crate) fn outgoing<'a>(
-    queue: &'a QueueName,
-    message: &'a Message,
-    attempt: Attempt,
-    route: &'a delay::Route,
-) -> Outgoing<'a> {
-    let due_at = route.due_at.clone().map(|due| (headers::DUE_AT, due));
-    Outgoing {
-        exchange: &route.exchange,
-        routing_key: &route.routing_key,
-        body: &message.body,
-        properties: wire::encode(message, attempt, due_at.as_slice()),
-        message_id: &message.id,
-        queue,
-    }
-}
-
-/// One live connection and its publishing channel.
+/// One live connection, its publishing channel and its generation.
 pub(crate) struct Live {
     pub(crate) connection: Connection,
     pub(crate) publisher: Publisher,
+    /// Which connection of the link this is (0 the first).
+    pub(crate) generation: u64,
 }
 
-/// The broker's connection, kept alive: lapin's automatic recovery first, and a fresh
-/// connection when that recovery does not bring it back. (lapin 4.12 can leave a connection
-/// reset by the peer in `Reconnecting` for good, when the reset arrives before RabbitMQ's
-/// close frame: its I/O loop checks for a recovery that its RPC task has not started yet.
-/// Seen here in about one broker restart in four.)
+/// The broker's connection, kept alive by its supervisor.
 pub(crate) struct Link {
     url: BrokerUrl,
-    live: std::sync::RwLock<std::sync::Arc<Live>>,
-    /// Bumped each time the connection is replaced; consumers of the old one end.
-    generation: tokio::sync::watch::Sender<u64>,
+    live: RwLock<Arc<Live>>,
+    /// The generation of the current connection; changes when it is replaced.
+    generation: watch::Sender<u64>,
 }
 
-/// How long a connection may stay down before it is replaced: longer than lapin's own
-/// reconnect backoff (at most 5 s between tries), so lapin's recovery has its chance first.
-const DEAD_FOR: std::time::Duration = std::time::Duration::from_secs(8);
-
 impl Link {
-    pub(crate) async fn open(url: BrokerUrl) -> Result<std::sync::Arc<Self>, BrokerError> {
-        let live = Self::connect_live(&url).await?;
-        let (generation, _) = tokio::sync::watch::channel(0);
-        let link = std::sync::Arc::new(Self {
+    /// Connects (bounded by `timeout`) and starts the supervisor; reconnection after that is
+    /// unbounded.
+    pub(crate) async fn open(url: BrokerUrl, timeout: Duration) -> Result<Arc<Self>, BrokerError> {
+        let live = Self::connect_live(&url, timeout, 0).await?;
+        let events = live.connection.events_listener();
+        let (generation, _) = watch::channel(0);
+        let link = Arc::new(Self {
             url,
-            live: std::sync::RwLock::new(std::sync::Arc::new(live)),
+            live: RwLock::new(Arc::new(live)),
             generation,
         });
-        tokio::spawn(Self::supervise(std::sync::Arc::downgrade(&link)));
+        tokio::spawn(Self::supervise(Arc::downgrade(&link), events.boxed()));
         Ok(link)
     }
 
-    async fn connect_live(url: &BrokerUrl) -> Result<Live, BrokerError> {
-        let connection = connect(url).await?;
+    async fn connect_live(
+        url: &BrokerUrl,
+        timeout: Duration,
+        generation: u64,
+    ) -> Result<Live, BrokerError> {
+        let connection = connect(url, "longshore", timeout).await?;
         let publisher = Publisher::open(&connection).await?;
         Ok(Live {
             connection,
             publisher,
+            generation,
         })
     }
 
     /// The current connection.
-    pub(crate) fn live(&self) -> std::sync::Arc<Live> {
-        std::sync::Arc::clone(
-            &self
-                .live
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+    pub(crate) fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.live.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Changes when the connection is replaced.
-    pub(crate) fn generation(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub(crate) fn generation(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
     }
 
-    /// Watches the connection; replaces it when it has been down longer than [`DEAD_FOR`].
-    async fn supervise(link: std::sync::Weak<Self>) {
-        let mut dead_since: Option<tokio::time::Instant> = None;
+    /// The current connection once it is up, waiting up to `timeout` for a replacement.
+    pub(crate) async fn connected(&self, timeout: Duration) -> Result<Arc<Live>, BrokerError> {
+        let mut generation = self.generation();
+        let deadline = Instant::now() + timeout;
         loop {
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            let Some(link) = link.upgrade() else { return };
-            if link.live().connection.status().connected() {
-                dead_since = None;
-                continue;
+            let live = self.live();
+            if live.connection.status().connected() {
+                return Ok(live);
             }
-            let since = *dead_since.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() < DEAD_FOR {
-                continue;
+            if tokio::time::timeout_at(deadline, generation.changed())
+                .await
+                .is_err()
+            {
+                return Err(BrokerError::Connection(
+                    format!(
+                        "the connection to RabbitMQ at {} is down",
+                        endpoint(&self.url)
+                    )
+                    .into(),
+                ));
             }
-            tracing::warn!(url = %link.url, "the connection has been down for {DEAD_FOR:?}; opening a new one");
-            let mut wait = std::time::Duration::from_millis(200);
-            loop {
-                match Self::connect_live(&link.url).await {
-                    Ok(live) => {
-                        *link
-                            .live
-                            .write()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            std::sync::Arc::new(live);
-                        link.generation.send_modify(|n| *n += 1);
-                        tracing::info!(url = %link.url, "reconnected to RabbitMQ");
-                        break;
-                    }
-                    Err(error) => {
-                        tracing::warn!(url = %link.url, %error, "reconnect failed; retrying");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(std::time::Duration::from_secs(5));
-                    }
-                }
-            }
-            dead_since = None;
         }
     }
 
-    /// Publishes on the current connection; if it is lost, waits for it to come back (lapin's
-    /// recovery or a replacement) and tries again, for up to a minute.
-    pub(crate) async fn publish(&self, out: Outgoing<'_>) -> Result<(), BrokerError> {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    /// Watches the connection (lapin's error events, and its status every [`CHECK_EVERY`]);
+    /// replaces it when it is no longer connected. Ends when the broker is dropped.
+    async fn supervise(
+        link: Weak<Self>,
+        mut events: futures_util::stream::BoxStream<'static, Event>,
+    ) {
+        loop {
+            tokio::select! {
+                event = events.next() => {
+                    if let Some(Event::Error(error)) = &event {
+                        tracing::warn!(%error, "the RabbitMQ connection failed");
+                    }
+                    if event.is_none() {
+                        // The connection is gone; look at once, then on the clock.
+                        events = futures_util::stream::pending().boxed();
+                    }
+                }
+                () = tokio::time::sleep(CHECK_EVERY) => {}
+            }
+            let Some(strong) = link.upgrade() else { return };
+            let old = strong.live();
+            if old.connection.status().connected() {
+                continue;
+            }
+            let Some(new_events) = strong.replace(&old).await else {
+                return;
+            };
+            events = new_events;
+        }
+    }
+
+    /// Closes what is left of `old` and connects anew, trying until it works or nobody uses
+    /// the broker any more; returns the new connection's events.
+    async fn replace(
+        self: &Arc<Self>,
+        old: &Live,
+    ) -> Option<futures_util::stream::BoxStream<'static, Event>> {
+        // Whatever state the old connection is in, nothing of it may come back.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            old.connection.close(320, "longshore: replaced".into()),
+        )
+        .await;
+        let mut wait = RETRY_FIRST;
+        let generation = old.generation + 1;
+        loop {
+            let tried = tokio::time::timeout(Duration::from_secs(10), async {
+                let connection = connect_once(&self.url, "longshore")
+                    .await
+                    .map_err(|error| error.to_string())?;
+                match Publisher::open(&connection).await {
+                    Ok(publisher) => Ok(Live {
+                        connection,
+                        publisher,
+                        generation,
+                    }),
+                    Err(error) => Err(error.to_string()),
+                }
+            })
+            .await
+            .unwrap_or_else(|_| Err("no answer within 10s".to_owned()));
+            match tried {
+                Ok(live) => {
+                    let events = live.connection.events_listener().boxed();
+                    *self.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(live);
+                    self.generation.send_replace(generation);
+                    tracing::info!(url = %self.url, generation, "reconnected to RabbitMQ");
+                    return Some(events);
+                }
+                Err(cause) => {
+                    // The supervisor's own reference is the last: the broker was dropped.
+                    if Arc::strong_count(self) == 1 {
+                        return None;
+                    }
+                    tracing::warn!(url = %self.url, cause, retry_in_ms = wait.as_millis() as u64, "reconnecting to RabbitMQ failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RETRY_MOST);
+                }
+            }
+        }
+    }
+
+    /// Runs `publish` on the current connection; if it is lost, waits for the next one and
+    /// tries again, for up to a minute.
+    pub(crate) async fn publish<F, Fut>(&self, publish: F) -> Result<(), BrokerError>
+    where
+        F: Fn(Arc<Live>) -> Fut,
+        Fut: Future<Output = Result<(), BrokerError>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(60);
         let mut generation = self.generation();
         loop {
-            let live = self.live();
-            match live.publisher.publish(out.clone()).await {
-                Err(error) if error.is_transient() && tokio::time::Instant::now() < deadline => {
+            match publish(self.live()).await {
+                Err(error) if error.is_transient() && Instant::now() < deadline => {
                     tracing::warn!(%error, "publish failed; waiting for the connection");
                     let _ = tokio::time::timeout_at(
-                        deadline
-                            .min(tokio::time::Instant::now() + std::time::Duration::from_secs(1)),
+                        deadline.min(Instant::now() + Duration::from_secs(1)),
                         generation.changed(),
                     )
                     .await;
@@ -301,5 +265,18 @@ impl Link {
                 other => return other,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_name_host_and_port_without_secrets() {
+        let url = BrokerUrl::new("amqp://app:s3cret@rabbit.internal/prod");
+        assert_eq!(endpoint(&url), "rabbit.internal:5672");
+        assert_eq!(endpoint(&BrokerUrl::new("amqps://h:6000")), "h:6000");
+        assert_eq!(endpoint(&BrokerUrl::new("amqps://host/%2f")), "host:5671");
     }
 }

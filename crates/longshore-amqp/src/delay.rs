@@ -13,26 +13,27 @@
 //! Past level 0 the `longshore.delivery` exchange routes by the queue-name suffix to the
 //! work queue.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use longshore_core::{BrokerError, MessageId, QueueName, unix_millis};
+use longshore_core::spi::{Message, headers, unix_millis};
+use longshore_core::{BrokerError, MessageId, QueueName};
 
 /// Levels of the ladder: delays up to `2^32 - 1` ms (about 49.7 days).
-pub const LEVELS: u32 = 32;
+pub(crate) const LEVELS: u32 = 32;
 
 /// The exchange that routes a delayed message into its work queue after the last level.
-pub const DELIVERY_EXCHANGE: &str = "longshore.delivery";
+pub(crate) const DELIVERY_EXCHANGE: &str = "longshore.delivery";
 
 /// The longest delay the ladder can hold.
-pub const MAX_DELAY: Duration = Duration::from_millis((1 << LEVELS) - 1);
+pub(crate) const MAX_DELAY: Duration = Duration::from_millis((1 << LEVELS) - 1);
 
 /// The exchange and the queue of level `level`.
-pub fn level_name(level: u32) -> String {
+pub(crate) fn level_name(level: u32) -> String {
     format!("longshore.delay.{level:02}")
 }
 
 /// Where level `level`'s queue dead-letters and its `0` binding points: the next level down.
-pub fn next_exchange(level: u32) -> String {
+pub(crate) fn next_exchange(level: u32) -> String {
     match level {
         0 => DELIVERY_EXCHANGE.to_owned(),
         _ => level_name(level - 1),
@@ -40,7 +41,7 @@ pub fn next_exchange(level: u32) -> String {
 }
 
 /// The exchange a delayed message is published to.
-pub fn entry_exchange() -> String {
+pub(crate) fn entry_exchange() -> String {
     level_name(LEVELS - 1)
 }
 
@@ -49,7 +50,7 @@ fn prefix(level: u32) -> String {
 }
 
 /// Binding patterns of level `level`'s exchange: (to its queue, to the next exchange).
-pub fn level_patterns(level: u32) -> (String, String) {
+pub(crate) fn level_patterns(level: u32) -> (String, String) {
     (
         format!("{}1.#", prefix(level)),
         format!("{}0.#", prefix(level)),
@@ -57,21 +58,39 @@ pub fn level_patterns(level: u32) -> (String, String) {
 }
 
 /// The delivery exchange's binding pattern for a work queue.
-pub fn delivery_pattern(queue: &str) -> String {
+pub(crate) fn delivery_pattern(queue: &str) -> String {
     format!("{}{queue}", "*.".repeat(LEVELS as usize))
 }
 
 /// Why a delay cannot go through the ladder.
-#[derive(Debug, PartialEq, Eq)]
-pub enum DelayError {
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DelayError {
     /// Longer than [`MAX_DELAY`].
+    #[error("the delay is longer than the delay ladder holds ({MAX_DELAY:?})")]
     TooLong,
     /// The routing key would pass AMQP's 255-byte limit.
+    #[error(
+        "the queue name is too long to route through the delay queues (255 bytes with 64 of routing)"
+    )]
     QueueNameTooLong,
 }
 
+/// How long until `message` is due, if it carries a due time (a delay past the ladder's
+/// reach) that has not come; the due-time header is taken off either way.
+pub(crate) fn not_due_yet(message: &mut Message) -> Option<Duration> {
+    let due_ms = message
+        .headers
+        .remove(headers::DUE_AT)?
+        .parse::<u64>()
+        .ok()?;
+    let due = UNIX_EPOCH + Duration::from_millis(due_ms);
+    due.duration_since(SystemTime::now())
+        .ok()
+        .filter(|remaining| !remaining.is_zero())
+}
+
 /// The routing key carrying `delay` (whole milliseconds, rounded up) to `queue`.
-pub fn routing_key(delay: Duration, queue: &str) -> Result<String, DelayError> {
+pub(crate) fn routing_key(delay: Duration, queue: &str) -> Result<String, DelayError> {
     let millis = delay.as_nanos().div_ceil(1_000_000);
     if millis > u128::from(u32::MAX) {
         return Err(DelayError::TooLong);

@@ -13,10 +13,12 @@
 //! | publish | `basic.publish` with `mandatory` and publisher confirms: returns once the broker has it; no route is an error |
 //! | attempt | `longshore-attempt` header plus `x-delivery-count` (quorum) or the redelivered flag |
 //!
-//! Connection loss is handled by lapin's automatic recovery (reconnect with backoff, replay
-//! of topology, consumers, QoS and confirm mode). Deliveries received before the loss cannot
-//! be acked afterwards; their settlement fails with [`BrokerError::LeaseLost`] and RabbitMQ
-//! redelivers them.
+//! Connecting is bounded ([`AmqpBrokerBuilder::connect_timeout`], 30 s by default), each
+//! failed try logged with its cause. After that, a lost connection is replaced by one
+//! supervisor (reconnect with backoff, for as long as it takes), and the worker consumes
+//! again on the new connection: one connection and one consumer per worker, always.
+//! Deliveries of the dead connection cannot be acked any more; they are never started, and
+//! RabbitMQ redelivers them.
 //!
 //! ```no_run
 //! use longshore_amqp::{AmqpBroker, QueueType};
@@ -33,24 +35,32 @@
 
 mod connection;
 mod consume;
-pub mod delay;
+mod delay;
+mod error;
+mod publish;
+mod receiver;
 mod schedule;
 mod settle;
 mod topology;
-pub mod wire;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use longshore_core::schedule::{ScheduleKey, ScheduleLease};
+use longshore_core::spi::{
+    ConsumeOptions, DeliveryStream, Message, ScheduleKey, ScheduleLease, ScheduleStore,
+};
 use longshore_core::{
-    Attempt, Broker, BrokerError, BrokerUrl, ConsumeOptions, DeliveryStream, Message, QueueName,
-    QueueOptions, QueueStats,
+    Attempt, Broker, BrokerError, BrokerUrl, QueueName, QueueOptions, QueueStats,
 };
 use tokio::sync::OnceCell;
 
 use connection::Link;
+
+/// How long `consume` waits for a connection that is being replaced.
+const CONSUME_WAIT: Duration = Duration::from_secs(10);
 
 /// The kind of queue longshore declares.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -113,6 +123,7 @@ impl Default for AmqpOptions {
 pub struct AmqpBrokerBuilder {
     url: BrokerUrl,
     options: AmqpOptions,
+    connect_timeout: Duration,
 }
 
 impl AmqpBrokerBuilder {
@@ -148,9 +159,18 @@ impl AmqpBrokerBuilder {
         self
     }
 
-    /// Connects (with automatic recovery) and opens the confirm-mode publishing channel.
+    /// How long [`connect`](Self::connect) keeps trying before it fails, naming the host,
+    /// the port and the cause. Default: 30 s. (Reconnecting after a successful start is
+    /// never given up.)
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Connects and opens the confirm-mode publishing channel; a lost connection is
+    /// replaced from then on.
     pub async fn connect(self) -> Result<AmqpBroker, BrokerError> {
-        let link = Link::open(self.url.clone()).await?;
+        let link = Link::open(self.url.clone(), self.connect_timeout).await?;
         tracing::info!(url = %self.url, "connected to RabbitMQ");
         Ok(AmqpBroker {
             inner: Arc::new(Inner {
@@ -198,6 +218,7 @@ impl AmqpBroker {
         AmqpBrokerBuilder {
             url: url.into(),
             options: AmqpOptions::default(),
+            connect_timeout: Duration::from_secs(30),
         }
     }
 
@@ -304,12 +325,10 @@ impl Broker for AmqpBroker {
         let route = delay::route(queue, &message.id, delay)?;
         self.inner
             .link
-            .publish(connection::outgoing(
-                queue,
-                &message,
-                Attempt::FIRST,
-                &route,
-            ))
+            .publish(|live| {
+                let out = publish::outgoing(queue, &message, Attempt::FIRST, &route);
+                async move { live.publisher.publish(out).await }
+            })
             .await
     }
 
@@ -319,15 +338,13 @@ impl Broker for AmqpBroker {
         options: &ConsumeOptions,
     ) -> Result<DeliveryStream, BrokerError> {
         let dead_letter = self.target(queue).await?;
-        let live = self.inner.link.live();
-        let replaced = self.inner.link.generation();
+        let live = self.inner.link.connected(CONSUME_WAIT).await?;
         consume::consume(
-            &live.connection,
+            &live,
             queue.clone(),
-            live.publisher.clone(),
             dead_letter,
             options,
-            replaced,
+            self.inner.link.generation(),
         )
         .await
     }
@@ -353,15 +370,8 @@ impl Broker for AmqpBroker {
         self.inner.link.live().connection.status().connected()
     }
 
-    async fn schedule_lease(
-        &self,
-        key: &ScheduleKey,
-    ) -> Result<Option<Box<dyn ScheduleLease>>, BrokerError> {
-        self.inner.leases.take(&self.inner.url, key).await
-    }
-
-    async fn delete_schedule(&self, key: &ScheduleKey) -> Result<(), BrokerError> {
-        schedule::delete(&self.inner.link.live().connection, key).await
+    fn schedules(&self) -> Option<&dyn ScheduleStore> {
+        Some(self)
     }
 
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats, BrokerError> {
@@ -375,5 +385,19 @@ impl Broker for AmqpBroker {
             }
             other => other,
         }
+    }
+}
+
+#[async_trait]
+impl ScheduleStore for AmqpBroker {
+    async fn lease(
+        &self,
+        key: &ScheduleKey,
+    ) -> Result<Option<Box<dyn ScheduleLease>>, BrokerError> {
+        self.inner.leases.take(&self.inner.url, key).await
+    }
+
+    async fn delete(&self, key: &ScheduleKey) -> Result<(), BrokerError> {
+        schedule::delete(&self.inner.link.live().connection, key).await
     }
 }

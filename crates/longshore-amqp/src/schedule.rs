@@ -22,13 +22,14 @@ use lapin::options::{
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
-use longshore_core::schedule::{
-    ScheduleKey, ScheduleLease, decode_watermark, encode_watermark, lease_lost,
+use lapin::{Channel, Connection, ErrorKind};
+use longshore_core::spi::{
+    Message, ScheduleKey, ScheduleLease, decode_watermark, encode_watermark, lease_lost,
 };
-use longshore_core::{Attempt, BrokerError, BrokerUrl, Message, QueueName};
+use longshore_core::{Attempt, BrokerError, BrokerUrl, QueueName};
 
-use crate::connection::{Publisher, broker_error};
+use crate::error::broker_error;
+use crate::publish::Publisher;
 
 /// The connection leases are taken on, opened when first needed and replaced when it died,
 /// and the keys this process holds (RabbitMQ would let two leases on one connection share an
@@ -47,13 +48,12 @@ impl Leases {
         {
             return Ok(Arc::clone(connection));
         }
-        let properties =
-            ConnectionProperties::default().with_connection_name("longshore-schedules".into());
-        let connection = Connection::connect(url.expose(), properties)
-            .await
-            .map_err(|error| {
-                BrokerError::Connection(format!("cannot connect to {url}: {error}").into())
-            })?;
+        let connection = crate::connection::connect(
+            url,
+            "longshore-schedules",
+            std::time::Duration::from_secs(10),
+        )
+        .await?;
         let connection = Arc::new(connection);
         *slot = Some(Arc::clone(&connection));
         Ok(connection)

@@ -2,7 +2,8 @@
 //! `retry(delay)` = republish through the delay ladder with the attempt header incremented,
 //! confirmed, then ack; `dead_letter(reason)` = publish to the dead-letter target with the
 //! reason in headers, confirmed, then ack. The original is acked only once the broker has
-//! the copy, so a message is never in neither place.
+//! the copy, so a message is never in neither place. A delivery dropped unsettled is nacked
+//! back to the queue at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,21 +11,28 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use longshore_core::{Acknowledger, Attempt, BrokerError, Message, Settlement, headers};
+use longshore_core::spi::{Acknowledger, Message, Settlement, headers};
+use longshore_core::{Attempt, BrokerError};
 
-use crate::connection::{Outgoing, broker_error};
-use crate::consume::ConsumerShared;
+use crate::error::broker_error;
+use crate::publish::Outgoing;
+use crate::receiver::Receiver;
 use crate::wire;
+
+const REQUEUE: BasicNackOptions = BasicNackOptions {
+    requeue: true,
+    multiple: false,
+};
 
 pub(crate) struct AmqpAcknowledger {
     pub(crate) acker: Acker,
-    pub(crate) shared: Arc<ConsumerShared>,
+    pub(crate) receiver: Arc<Receiver>,
 }
 
 impl AmqpAcknowledger {
     fn lease_lost(&self, message: &Message) -> BrokerError {
         BrokerError::LeaseLost {
-            queue: self.shared.queue.clone(),
+            queue: self.receiver.queue.clone(),
             message_id: message.id.clone(),
         }
     }
@@ -34,20 +42,8 @@ impl AmqpAcknowledger {
         match self.acker.ack(BasicAckOptions::default()).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.lease_lost(message)),
-            Err(error) => Err(broker_error(error, &self.shared.queue)),
+            Err(error) => Err(broker_error(error, &self.receiver.queue)),
         }
-    }
-
-    async fn republish(
-        &self,
-        message: &Message,
-        attempt: Attempt,
-        delay: Duration,
-    ) -> Result<(), BrokerError> {
-        self.shared
-            .publisher
-            .publish_message(&self.shared.queue, message, attempt.next(), delay)
-            .await
     }
 
     async fn dead_letter(
@@ -56,8 +52,8 @@ impl AmqpAcknowledger {
         attempt: Attempt,
         reason: String,
     ) -> Result<(), BrokerError> {
-        let queue = &self.shared.queue;
-        let Some(target) = &self.shared.dead_letter else {
+        let queue = &self.receiver.queue;
+        let Some(target) = &self.receiver.dead_letter else {
             return Err(BrokerError::Topology {
                 queue: queue.clone(),
                 problem: format!(
@@ -77,7 +73,7 @@ impl AmqpAcknowledger {
             .routing_key
             .clone()
             .unwrap_or_else(|| queue.to_string());
-        self.shared
+        self.receiver
             .publisher
             .publish(Outgoing {
                 exchange: &target.exchange,
@@ -88,6 +84,38 @@ impl AmqpAcknowledger {
                 queue,
             })
             .await
+    }
+
+    async fn settle_now(
+        &self,
+        message: &Message,
+        attempt: Attempt,
+        settlement: Settlement,
+    ) -> Result<(), BrokerError> {
+        if !self.acker.usable() || !self.receiver.is_live() {
+            // The channel this came on has closed: RabbitMQ redelivers it; publishing a copy
+            // now would make two.
+            return Err(self.lease_lost(message));
+        }
+        match settlement {
+            Settlement::Ack => self.ack(message).await,
+            Settlement::Release => match self.acker.nack(REQUEUE).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(self.lease_lost(message)),
+                Err(error) => Err(broker_error(error, &self.receiver.queue)),
+            },
+            Settlement::Retry { delay } => {
+                self.receiver
+                    .publisher
+                    .publish_message(&self.receiver.queue, message, attempt.next(), delay)
+                    .await?;
+                self.ack(message).await
+            }
+            Settlement::DeadLetter { reason } => {
+                self.dead_letter(message, attempt, reason).await?;
+                self.ack(message).await
+            }
+        }
     }
 }
 
@@ -100,10 +128,11 @@ impl Acknowledger for AmqpAcknowledger {
         settlement: Settlement,
     ) -> Result<(), BrokerError> {
         // On a connection that was replaced, an ack would wait forever: the delivery is gone.
-        let mut replaced = self.shared.replaced.clone();
+        let mut current = self.receiver.current.clone();
+        let generation = self.receiver.generation;
         tokio::select! {
             result = self.settle_now(message, attempt, settlement) => result,
-            _ = replaced.changed() => Err(self.lease_lost(message)),
+            _ = current.wait_for(|now| *now != generation) => Err(self.lease_lost(message)),
         }
     }
 
@@ -113,39 +142,48 @@ impl Acknowledger for AmqpAcknowledger {
     }
 }
 
-impl AmqpAcknowledger {
-    async fn settle_now(
-        &self,
-        message: &Message,
-        attempt: Attempt,
-        settlement: Settlement,
-    ) -> Result<(), BrokerError> {
+impl Drop for AmqpAcknowledger {
+    /// A delivery dropped without being settled (a task that ended abnormally) goes back to
+    /// the queue now, instead of holding a prefetch slot until its channel closes.
+    fn drop(&mut self) {
         if !self.acker.usable() {
-            // The channel this came on has closed: RabbitMQ redelivers it; publishing a copy
-            // now would make two.
-            return Err(self.lease_lost(message));
+            return;
         }
-        match settlement {
-            Settlement::Ack => self.ack(message).await,
-            Settlement::Release => {
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                };
-                match self.acker.nack(requeue).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(self.lease_lost(message)),
-                    Err(error) => Err(broker_error(error, &self.shared.queue)),
+        let acker = self.acker.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = acker.nack(REQUEUE).await {
+                    tracing::debug!(%error, "could not hand back an unsettled delivery; RabbitMQ requeues it when its channel closes");
                 }
-            }
-            Settlement::Retry { delay } => {
-                self.republish(message, attempt, delay).await?;
-                self.ack(message).await
-            }
-            Settlement::DeadLetter { reason } => {
-                self.dead_letter(message, attempt, reason).await?;
-                self.ack(message).await
-            }
+            });
         }
+    }
+}
+
+/// Sends a message that is not due yet on for the rest of its delay, then acks this copy.
+/// If that fails, the copy goes back to the queue (after a pause, so a broker refusing the
+/// publish does not make a hot loop) and the next consumer tries again. Runs as a task of
+/// its own, beside the consumer's stream.
+pub(crate) async fn send_on(
+    receiver: Arc<Receiver>,
+    message: Message,
+    attempt: Attempt,
+    remaining: Duration,
+    acker: Acker,
+) {
+    let sent = receiver
+        .publisher
+        .publish_message(&receiver.queue, &message, attempt, remaining)
+        .await;
+    let settled = match sent {
+        Ok(()) => acker.ack(BasicAckOptions::default()).await,
+        Err(error) => {
+            tracing::warn!(queue = %receiver.queue, message_id = %message.id, %error, "cannot send a delayed message on; it goes back to the queue");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            acker.nack(REQUEUE).await
+        }
+    };
+    if let Err(error) = settled {
+        tracing::debug!(queue = %receiver.queue, %error, "settling a hopped message failed; RabbitMQ redelivers it");
     }
 }

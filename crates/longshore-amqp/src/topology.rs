@@ -9,8 +9,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 use longshore_core::{BrokerError, QueueName, QueueOptions, QueueStats};
 
-use crate::connection::broker_error;
 use crate::delay;
+use crate::error::broker_error;
 use crate::{AmqpOptions, DeadLetterTarget, QueueType};
 
 /// Runs `operation` on a channel of its own, closed afterwards: a failed passive declare

@@ -14,10 +14,11 @@ use std::time::SystemTime;
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use longshore_core::{Attempt, Headers, Message, unix_millis};
+use longshore_core::Attempt;
+use longshore_core::spi::{Headers, Message, unix_millis};
 
 /// The attempt header, maintained by the AMQP adapter on every republish.
-pub const ATTEMPT: &str = "longshore-attempt";
+pub(crate) const ATTEMPT: &str = "longshore-attempt";
 
 /// The string value of an AMQP header, for the types a producer plausibly sends.
 fn text(value: &AMQPValue) -> Option<String> {
@@ -121,7 +122,7 @@ pub(crate) fn now_millis() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use longshore_core::headers;
+    use longshore_core::spi::headers;
 
     #[test]
     fn round_trip_keeps_message_and_counts_the_attempt() {

@@ -1,5 +1,6 @@
 //! The [`Broker`] trait every adapter implements, and its options, statistics and errors.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,7 +9,7 @@ use futures_util::stream::BoxStream;
 use crate::delivery::Delivery;
 use crate::message::Message;
 use crate::names::{MessageId, QueueName};
-use crate::schedule::{ScheduleKey, ScheduleLease};
+use crate::schedule::ScheduleStore;
 
 /// A boxed error from a broker client or user code.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -71,27 +72,36 @@ pub trait Broker: Send + Sync + 'static {
         true
     }
 
-    /// Takes the lease of a cron schedule if no replica holds it (`Ok(None)` if one does),
-    /// with the schedule's recorded watermark. See [`crate::schedule`] for what each broker
-    /// uses. Default: schedules are not supported.
-    async fn schedule_lease(
-        &self,
-        key: &ScheduleKey,
-    ) -> Result<Option<Box<dyn ScheduleLease>>, BrokerError> {
-        Err(BrokerError::Other(
-            format!(
-                "{key}: the {} broker does not support cron schedules",
-                self.system()
-            )
-            .into(),
-        ))
+    /// Where the broker keeps cron schedules' leases and watermarks, if it can (see
+    /// [`crate::schedule`]). A worker with schedules on a broker without it fails to build.
+    fn schedules(&self) -> Option<&dyn ScheduleStore> {
+        None
     }
+}
 
-    /// Deletes what the broker keeps for a schedule (its lease and recorded watermark): for a
-    /// schedule that was removed for good. Stop the replicas running it first; a schedule
-    /// that runs again afterwards starts afresh. Default: nothing is kept.
-    async fn delete_schedule(&self, _key: &ScheduleKey) -> Result<(), BrokerError> {
-        Ok(())
+/// Anything a worker or producer takes as its broker: an adapter (`MemoryBroker`,
+/// `AmqpBroker`, `SqsBroker`), an `Arc` of one, or the `Arc<dyn Broker>` that
+/// `longshore::connect` returns.
+pub trait IntoBroker {
+    /// The broker behind a shared pointer.
+    fn into_broker(self) -> Arc<dyn Broker>;
+}
+
+impl<B: Broker> IntoBroker for B {
+    fn into_broker(self) -> Arc<dyn Broker> {
+        Arc::new(self)
+    }
+}
+
+impl<B: Broker> IntoBroker for Arc<B> {
+    fn into_broker(self) -> Arc<dyn Broker> {
+        self
+    }
+}
+
+impl IntoBroker for Arc<dyn Broker> {
+    fn into_broker(self) -> Arc<dyn Broker> {
+        self
     }
 }
 

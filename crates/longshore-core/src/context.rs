@@ -71,19 +71,21 @@ pub struct JobContext {
     pub enqueued_at: SystemTime,
     /// The message headers (user headers and trace context).
     pub headers: Arc<Headers>,
-    cancellation: CancellationToken,
+    /// Cancelled when the worker asks its jobs to stop. Shared by every job of a worker, in
+    /// an `Arc`: cloning a context does not touch the token's own lock.
+    cancellation: Arc<CancellationToken>,
 }
 
 impl JobContext {
-    /// A context for a job; the runtime builds these, tests may too.
-    pub fn new(
+    /// A context for a job; the runtime builds these ([`crate::testing::context`] for tests).
+    pub(crate) fn new(
         id: MessageId,
         job: JobName,
         queue: QueueName,
         attempt: Attempt,
         enqueued_at: SystemTime,
         headers: Arc<Headers>,
-        cancellation: CancellationToken,
+        cancellation: Arc<CancellationToken>,
     ) -> Self {
         let trigger = Trigger::from_headers(&headers, attempt);
         Self {
@@ -96,6 +98,11 @@ impl JobContext {
             headers,
             cancellation,
         }
+    }
+
+    /// The token the worker cancels to stop its jobs.
+    pub(crate) fn cancellation(&self) -> &Arc<CancellationToken> {
+        &self.cancellation
     }
 
     /// Whether the worker asked this job to stop (shutdown deadline passed, lease lost).

@@ -1,6 +1,7 @@
 //! [`Delivery`]: one received message and the only ways it can be settled.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -70,7 +71,23 @@ pub struct Delivery {
     attempt: Attempt,
     queue: QueueName,
     lease: Option<(Duration, Instant)>,
-    acknowledger: Box<dyn Acknowledger>,
+    acknowledger: Arc<dyn Acknowledger>,
+}
+
+/// What keeps a leased delivery invisible while its job runs: the runtime's heartbeat.
+pub(crate) struct Lease {
+    acknowledger: Arc<dyn Acknowledger>,
+    /// How long each renewal keeps it.
+    pub(crate) period: Duration,
+    /// When the current lease ends.
+    pub(crate) deadline: Instant,
+}
+
+impl Lease {
+    /// Extends the lease by its period from now.
+    pub(crate) async fn renew(&self) -> Result<(), BrokerError> {
+        self.acknowledger.extend(self.period).await
+    }
 }
 
 impl Delivery {
@@ -79,14 +96,14 @@ impl Delivery {
         message: Message,
         attempt: Attempt,
         queue: QueueName,
-        acknowledger: Box<dyn Acknowledger>,
+        acknowledger: impl Acknowledger,
     ) -> Self {
         Self {
             message,
             attempt,
             queue,
             lease: None,
-            acknowledger,
+            acknowledger: Arc::new(acknowledger),
         }
     }
 
@@ -127,6 +144,15 @@ impl Delivery {
     /// When the current lease ends, if the broker leases deliveries.
     pub fn lease_deadline(&self) -> Option<Instant> {
         self.lease.map(|(_, deadline)| deadline)
+    }
+
+    /// The lease to keep while the job runs, if the broker leases deliveries.
+    pub(crate) fn lease_keeper(&self) -> Option<Lease> {
+        self.lease.map(|(period, deadline)| Lease {
+            acknowledger: Arc::clone(&self.acknowledger),
+            period,
+            deadline,
+        })
     }
 
     /// Settles the delivery as `settlement`.

@@ -51,6 +51,17 @@ impl JobError {
         JobError::Permanent(error.into())
     }
 
+    /// The retryable failure of something that panicked: `what` says what it was (`the
+    /// handler`, `the disposer of ..`), `payload` is the panic's payload.
+    pub(crate) fn panicked(what: &str, payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("non-string panic payload");
+        JobError::Retryable(format!("{what} panicked: {message}").into())
+    }
+
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, JobError::Retryable(_))
@@ -88,6 +99,24 @@ impl fmt::Debug for JobError {
     }
 }
 
+/// `?` on a `JobError` in a function returning `Box<dyn Error + Send + Sync>` (a test, `main`).
+impl From<JobError> for Box<dyn std::error::Error + Send + Sync + 'static> {
+    fn from(error: JobError) -> Self {
+        match error {
+            JobError::Retryable(e) | JobError::Permanent(e) => e,
+        }
+    }
+}
+
+/// `?` on a `JobError` in a function returning `Box<dyn Error>` (a test, `main`).
+impl From<JobError> for Box<dyn std::error::Error + 'static> {
+    fn from(error: JobError) -> Self {
+        match error {
+            JobError::Retryable(e) | JobError::Permanent(e) => e,
+        }
+    }
+}
+
 /// Marks the error of a `Result` as permanent or retryable.
 pub trait ResultExt<T> {
     /// Turns the error into [`JobError::Permanent`].
@@ -112,6 +141,15 @@ mod tests {
 
     fn parse(input: &str) -> Result<u32, JobError> {
         Ok(input.parse::<u32>()?)
+    }
+
+    #[test]
+    fn a_job_error_converts_into_a_boxed_error() {
+        fn main_like() -> Result<(), Box<dyn std::error::Error>> {
+            Err(JobError::permanent("no such customer"))?;
+            Ok(())
+        }
+        assert_eq!(main_like().unwrap_err().to_string(), "no such customer");
     }
 
     #[test]

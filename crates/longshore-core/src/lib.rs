@@ -48,34 +48,33 @@ mod context;
 mod delivery;
 mod handler;
 mod job;
-pub mod memory;
+mod memory;
 mod message;
 mod names;
+mod outcome;
 mod producer;
 mod retry;
 mod runtime;
 pub mod schedule;
 mod scope;
-pub mod telemetry;
+pub mod spi;
+mod telemetry;
+pub mod testing;
 mod url;
 
-pub use broker::{
-    BoxError, Broker, BrokerError, ConsumeOptions, DeliveryStream, QueueOptions, QueueStats,
-    Topology,
-};
+pub use async_trait::async_trait;
+pub use broker::{Broker, BrokerError, IntoBroker, QueueOptions, QueueStats, Topology};
 pub use context::{JobContext, Trigger};
-pub use delivery::{Acknowledger, Delivery, SettleError, Settlement};
 pub use handler::Handler;
 pub use job::{Job, JobError, ResultExt};
 pub use memory::MemoryBroker;
-pub use message::{Headers, Message, headers, unix_millis};
 pub use names::{Attempt, JobName, MessageId, QueueName};
+pub use outcome::Outcome;
 pub use producer::{EnqueueError, EnqueueOptions, Producer};
-pub use retry::{RetryDecision, RetryPolicy};
+pub use retry::RetryPolicy;
 pub use runtime::{
-    BuildError, Health, JobOptions, Shutdown, StatsSnapshot, Worker, WorkerBuilder, WorkerError,
-    WorkerReport, WorkerStats,
+    BuildError, Health, JobOptions, JobRequest, Layer, Next, Shutdown, StatsSnapshot, Worker,
+    WorkerBuilder, WorkerError, WorkerReport, WorkerStats,
 };
-pub use schedule::{CatchUp, Schedule, ScheduleError, Scheduler, Tz};
-pub use scope::{Dep, FromScope, JobOutcome, Requirement, Root, Scope};
-pub use url::{BrokerUrl, Secret};
+pub use scope::{Dep, Factory, FromScope, Scope};
+pub use url::BrokerUrl;

@@ -5,11 +5,12 @@ use std::time::{Duration, SystemTime};
 
 use tracing::Instrument;
 
+use crate::broker::IntoBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::job::Job;
 use crate::message::{Headers, Message, headers};
 use crate::names::{MessageId, QueueName};
-use crate::telemetry;
+use crate::telemetry::Telemetry;
 
 /// The PRODUCER span of one publish: `send <queue>`, with the messaging attributes.
 fn send_span(system: &'static str, queue: &QueueName, message: &Message) -> tracing::Span {
@@ -32,6 +33,7 @@ fn send_span(system: &'static str, queue: &QueueName, message: &Message) -> trac
 /// publish of a new job goes through here: enqueues and schedule ticks.
 pub(crate) async fn send_traced<F, Fut>(
     system: &'static str,
+    telemetry: Option<&dyn Telemetry>,
     queue: &QueueName,
     mut message: Message,
     send: F,
@@ -41,7 +43,7 @@ where
     Fut: Future<Output = Result<(), BrokerError>>,
 {
     let span = send_span(system, queue, &message);
-    if let Some(telemetry) = telemetry::installed() {
+    if let Some(telemetry) = telemetry {
         telemetry.inject(&span, &mut message.headers);
     }
     let published = send(message).instrument(span.clone()).await;
@@ -56,6 +58,7 @@ where
 pub struct Producer {
     broker: Arc<dyn Broker>,
     queue: QueueName,
+    telemetry: Option<Arc<dyn Telemetry>>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -138,12 +141,21 @@ pub enum EnqueueError {
 }
 
 impl Producer {
-    /// A producer for `queue` on `broker`.
-    pub fn new(broker: Arc<dyn Broker>, queue: impl Into<QueueName>) -> Self {
+    /// A producer for `queue` on `broker` (an adapter, or the `Arc<dyn Broker>` that
+    /// `longshore::connect` returns).
+    pub fn new(broker: impl IntoBroker, queue: impl Into<QueueName>) -> Self {
         Self {
-            broker,
+            broker: broker.into_broker(),
             queue: queue.into(),
+            telemetry: None,
         }
+    }
+
+    /// Propagates traces with `telemetry` (from `longshore::otel::init`): each enqueue's
+    /// `send` span becomes the parent of the job's span in the worker.
+    pub fn with_telemetry(mut self, telemetry: Arc<dyn Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// The queue it publishes to.
@@ -205,9 +217,14 @@ impl Producer {
             deduplication_id: options.deduplication_id,
         };
         let id = message.id.clone();
-        send_traced(self.broker.system(), &self.queue, message, |message| {
-            self.broker.publish(&self.queue, message)
-        })
+        let telemetry = self.telemetry.as_deref();
+        send_traced(
+            self.broker.system(),
+            telemetry,
+            &self.queue,
+            message,
+            |message| self.broker.publish(&self.queue, message),
+        )
         .await?;
         Ok(id)
     }

@@ -1,18 +1,21 @@
-//! [`Telemetry`]: the hooks an observability layer (the `longshore-otel` crate) installs
-//! once per process, so every worker and producer continues and propagates traces and
-//! counts jobs, without the core depending on OpenTelemetry.
+//! [`Telemetry`]: the hooks an observability crate (`longshore-otel`) provides, so that a
+//! worker and a producer continue and propagate traces and count jobs, without the core
+//! depending on OpenTelemetry. They are given to each worker
+//! ([`WorkerBuilder::telemetry`](crate::WorkerBuilder::telemetry)) and producer
+//! ([`Producer::with_telemetry`](crate::Producer::with_telemetry)): two workers in one
+//! process may use different ones, and tests need no process-wide set-up.
 //!
 //! The runtime makes the spans itself, as `tracing` spans carrying OpenTelemetry's
 //! conventions in their fields (`otel.name`, `otel.kind`, `messaging.*`); a hook only joins
-//! them to the producer's trace and records metrics. With no hook installed this costs one
-//! atomic load per job.
+//! them to the producer's trace and records metrics.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::broker::Broker;
 use crate::message::Headers;
 use crate::names::{Attempt, JobName, QueueName};
+use crate::outcome::Outcome;
 
 /// What a telemetry hook learns about one job attempt.
 #[derive(Clone, Copy, Debug)]
@@ -21,45 +24,14 @@ pub struct JobEvent<'a> {
     pub system: &'static str,
     /// The queue the job came from.
     pub queue: &'a QueueName,
-    /// The job name (empty when the message carried none).
+    /// The job name; `unknown` for a job the worker has no handler for (names from message
+    /// headers must not make metric series without bound).
     pub job: &'a JobName,
     /// The attempt, from the broker.
     pub attempt: Attempt,
 }
 
-/// How a job attempt ended, as telemetry counts it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum JobResult {
-    /// Succeeded and acked.
-    Succeeded,
-    /// Failed; retried later.
-    Retried,
-    /// Moved to the dead-letter queue.
-    DeadLettered,
-    /// Handed back untouched (shutdown deadline).
-    Released,
-    /// The broker did not take the settlement; it will redeliver.
-    SettleFailed,
-    /// The lease was lost while the job ran.
-    LeaseLost,
-}
-
-impl JobResult {
-    /// A short lowercase name: `succeeded`, `retried`, `dead_lettered`, ...
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobResult::Succeeded => "succeeded",
-            JobResult::Retried => "retried",
-            JobResult::DeadLettered => "dead_lettered",
-            JobResult::Released => "released",
-            JobResult::SettleFailed => "settle_failed",
-            JobResult::LeaseLost => "lease_lost",
-        }
-    }
-}
-
-/// Hooks called by workers and producers. Install one with [`install`].
+/// Hooks called by workers and producers.
 pub trait Telemetry: Send + Sync + 'static {
     /// Makes `span` (the job's span, not yet entered) a child of the producer's trace
     /// context carried in `headers` (W3C `traceparent` / `tracestate`).
@@ -71,8 +43,8 @@ pub trait Telemetry: Send + Sync + 'static {
     /// A job attempt started.
     fn job_started(&self, event: &JobEvent<'_>);
 
-    /// A job attempt ended, `elapsed` after it started (settlement included).
-    fn job_finished(&self, event: &JobEvent<'_>, result: JobResult, elapsed: Duration);
+    /// A job attempt ended, settled as `outcome`, `elapsed` after it started.
+    fn job_finished(&self, event: &JobEvent<'_>, outcome: &Outcome, elapsed: Duration);
 
     /// A worker started consuming `queue` on `broker` (to sample its depth, say).
     fn worker_started(&self, broker: &Arc<dyn Broker>, queue: &QueueName) {
@@ -83,18 +55,4 @@ pub trait Telemetry: Send + Sync + 'static {
     fn worker_stopped(&self, queue: &QueueName) {
         let _ = queue;
     }
-}
-
-static INSTALLED: OnceLock<Arc<dyn Telemetry>> = OnceLock::new();
-
-/// Installs the process-wide telemetry hooks; every worker and producer uses them from then
-/// on. Returns the hooks back if some were installed already (they cannot be replaced,
-/// like a global `tracing` subscriber).
-pub fn install(telemetry: Arc<dyn Telemetry>) -> Result<(), Arc<dyn Telemetry>> {
-    INSTALLED.set(telemetry)
-}
-
-/// The installed hooks, if any.
-pub fn installed() -> Option<&'static dyn Telemetry> {
-    INSTALLED.get().map(|telemetry| &**telemetry)
 }

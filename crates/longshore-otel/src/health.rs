@@ -214,9 +214,9 @@ async fn prometheus(workers: &[Health]) -> String {
             |s| s.released,
         ),
         (
-            "longshore_settlements_failed_total",
-            "Settlements the broker did not take",
-            |s| s.settle_failed,
+            "longshore_jobs_abandoned_total",
+            "Attempts not settled by the worker (lease lost, settlement refused); the broker redelivers them",
+            |s| s.abandoned,
         ),
     ];
     let snapshots: Vec<_> = workers.iter().map(|w| w.stats().snapshot()).collect();

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use longshore_core::telemetry::{JobEvent, JobResult, Telemetry};
-use longshore_core::{Broker, Headers, JobName, QueueName, QueueStats};
+use longshore_core::spi::{Headers, JobEvent, Telemetry};
+use longshore_core::{Broker, JobName, Outcome, QueueName, QueueStats};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -18,9 +18,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// How often a running worker's queue depth is read from the broker.
 pub const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The hooks [`init`](crate::init) installs; public so a program with its own
-/// OpenTelemetry set-up can install them itself with
-/// [`longshore_core::telemetry::install`].
+/// The hooks [`init`](crate::init) makes ([`TelemetryGuard::hooks`](crate::TelemetryGuard::hooks));
+/// public so a program with its own OpenTelemetry set-up can make them from its meter and
+/// give them to its workers and producers.
 ///
 /// Counters and the in-flight gauge are atomics per (queue, job) read by observable
 /// instruments at export time, so a job pays a few atomic increments for them; only the
@@ -236,14 +236,14 @@ impl Telemetry for OtelHooks {
         series.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn job_finished(&self, event: &JobEvent<'_>, result: JobResult, elapsed: Duration) {
+    fn job_finished(&self, event: &JobEvent<'_>, outcome: &Outcome, elapsed: Duration) {
         let series = self.series(event);
         series.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let counter = match result {
-            JobResult::Succeeded => Some(&series.succeeded),
-            JobResult::Retried => Some(&series.retried),
-            JobResult::DeadLettered => Some(&series.dead_lettered),
-            JobResult::Released => Some(&series.released),
+        let counter = match outcome {
+            Outcome::Succeeded => Some(&series.succeeded),
+            Outcome::Retried { .. } => Some(&series.retried),
+            Outcome::DeadLettered { .. } => Some(&series.dead_lettered),
+            Outcome::Released => Some(&series.released),
             _ => None,
         };
         if let Some(counter) = counter {

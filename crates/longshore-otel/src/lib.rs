@@ -29,7 +29,6 @@
 //! ```no_run
 //! use longshore_core::{Job, JobError, MemoryBroker, Worker};
 //! use serde::{Deserialize, Serialize};
-//! use std::sync::Arc;
 //!
 //! #[derive(Serialize, Deserialize)]
 //! struct Ping;
@@ -43,7 +42,10 @@
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let telemetry = longshore_otel::init()?;
-//!     let worker = Worker::builder(Arc::new(MemoryBroker::new()), "pings").handler(ping).build()?;
+//!     let worker = Worker::builder(MemoryBroker::new(), "pings")
+//!         .telemetry(telemetry.hooks()) // continue producers' traces, count jobs
+//!         .handler(ping)
+//!         .build()?;
 //!     let _health = longshore_otel::health::serve("0.0.0.0:8080", vec![worker.health()]).await?;
 //!     worker.run().await?; // until SIGTERM
 //!     telemetry.shutdown(); // flush spans and metrics
@@ -55,7 +57,10 @@ pub mod health;
 mod hooks;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use longshore_core::Outcome;
+use longshore_core::spi::{Headers, JobEvent, Telemetry};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
@@ -88,7 +93,7 @@ pub enum InitError {
         /// What the parser said.
         message: String,
     },
-    /// A global `tracing` subscriber or longshore's hooks were installed already.
+    /// A global `tracing` subscriber was installed already.
     #[error("telemetry is already set up in this process: {0}")]
     AlreadyInstalled(String),
 }
@@ -146,9 +151,9 @@ impl Config {
 
 /// Flushes and stops the exporters when dropped (or at [`TelemetryGuard::shutdown`]).
 #[must_use = "dropping the guard stops telemetry export"]
-#[derive(Debug)]
 pub struct TelemetryGuard {
     providers: Option<Providers>,
+    hooks: Arc<dyn Telemetry>,
 }
 
 #[derive(Debug)]
@@ -157,7 +162,22 @@ struct Providers {
     meter: SdkMeterProvider,
 }
 
+impl std::fmt::Debug for TelemetryGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryGuard")
+            .field("exporting", &self.exporting())
+            .finish_non_exhaustive()
+    }
+}
+
 impl TelemetryGuard {
+    /// The hooks to give each worker (`WorkerBuilder::telemetry`) and producer
+    /// (`Producer::with_telemetry`): they continue producers' traces in jobs and count jobs
+    /// in the metrics. Without OTLP export they do nothing.
+    pub fn hooks(&self) -> Arc<dyn Telemetry> {
+        Arc::clone(&self.hooks)
+    }
+
     /// Whether spans and metrics are exported over OTLP.
     pub fn exporting(&self) -> bool {
         self.providers.is_some()
@@ -216,7 +236,10 @@ pub fn init_with(config: &Config) -> Result<TelemetryGuard, InitError> {
             .with(stdout)
             .try_init()
             .map_err(|error| InitError::AlreadyInstalled(error.to_string()))?;
-        return Ok(TelemetryGuard { providers: None });
+        return Ok(TelemetryGuard {
+            providers: None,
+            hooks: Arc::new(Disabled),
+        });
     }
 
     let mut resource = Resource::builder();
@@ -281,15 +304,23 @@ pub fn init_with(config: &Config) -> Result<TelemetryGuard, InitError> {
     opentelemetry::global::set_tracer_provider(tracer_provider.clone());
     opentelemetry::global::set_meter_provider(meter_provider.clone());
     let meter = opentelemetry::global::meter("longshore");
-    longshore_core::telemetry::install(Arc::new(OtelHooks::new(&meter))).map_err(|_| {
-        InitError::AlreadyInstalled("longshore's telemetry hooks are installed already".into())
-    })?;
     Ok(TelemetryGuard {
         providers: Some(Providers {
             tracer: tracer_provider,
             meter: meter_provider,
         }),
+        hooks: Arc::new(OtelHooks::new(&meter)),
     })
+}
+
+/// The hooks without OTLP export: nothing to propagate or count.
+struct Disabled;
+
+impl Telemetry for Disabled {
+    fn continue_trace(&self, _span: &tracing::Span, _headers: &Headers) {}
+    fn inject(&self, _span: &tracing::Span, _headers: &mut Headers) {}
+    fn job_started(&self, _event: &JobEvent<'_>) {}
+    fn job_finished(&self, _event: &JobEvent<'_>, _outcome: &Outcome, _elapsed: Duration) {}
 }
 
 fn parse_filter(filter: &str) -> Result<EnvFilter, InitError> {

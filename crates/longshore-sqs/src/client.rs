@@ -3,7 +3,8 @@
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
-use longshore_core::{BrokerError, BrokerUrl, MessageId, QueueName, Secret};
+use longshore_core::spi::Secret;
+use longshore_core::{BrokerError, BrokerUrl, MessageId, QueueName};
 
 /// Loads region, credentials and endpoint from the standard AWS configuration chain
 /// (environment, profiles, `AWS_ENDPOINT_URL` for LocalStack). A queue URL of the form

@@ -8,16 +8,17 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use futures_util::StreamExt;
-use longshore_core::{Attempt, BrokerError, ConsumeOptions, Delivery, DeliveryStream};
+use longshore_core::spi::{ConsumeOptions, Delivery, DeliveryStream};
+use longshore_core::{Attempt, BrokerError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::client::broker_error;
-use crate::fifo::{Admit, Ended, Gate, Held, release_all};
-use crate::publish;
+use crate::fifo::{Admit, Gate, Held, release_all};
 use crate::queue::QueueCtx;
-use crate::settle::{GroupGate, SqsAcknowledger};
+use crate::received::Received;
+use crate::settle::{GroupGate, SqsAcknowledger, hand_back, send_on};
 use crate::topology::seconds_up;
 use crate::wire;
 
@@ -28,28 +29,6 @@ const WAIT: i32 = 20;
 /// wait up to 20 s first) and before the response arrived. Counting it from the response
 /// less this margin keeps our deadline before SQS's, by more than the response's transit.
 const LEASE_MARGIN: Duration = Duration::from_millis(250);
-
-pub(crate) struct Received {
-    message: aws_sdk_sqs::types::Message,
-    /// When its lease started, as late as we can be sure of (see [`LEASE_MARGIN`]).
-    at: Instant,
-    /// When the receive response arrived.
-    responded: Instant,
-}
-
-impl Held for Received {
-    fn receipt(&self) -> Option<String> {
-        self.message.receipt_handle().map(str::to_owned)
-    }
-
-    fn responded(&self) -> Instant {
-        self.responded
-    }
-
-    fn sqs_id(&self) -> Option<String> {
-        self.message.message_id().map(str::to_owned)
-    }
-}
 
 struct Guard {
     ctx: Arc<QueueCtx>,
@@ -150,14 +129,15 @@ fn group_of(received: &Received) -> Option<String> {
         .cloned()
 }
 
-/// Turns a received message into a delivery, or handles it here (`None`): a long-delay hop,
-/// or a release when it waited in the buffer nearly a whole lease.
-async fn deliver(
+/// Turns a received message into a delivery; or, for one that is not due yet or waited in
+/// the buffer nearly a whole lease, starts a task that sends it on or hands it back
+/// (`None`): the stream itself only yields deliveries.
+fn deliver(
     ctx: &Arc<QueueCtx>,
     received: Received,
     lease: Duration,
     gate: Option<GroupGate>,
-) -> Result<Option<Delivery>, BrokerError> {
+) -> Option<Delivery> {
     let Received {
         message: sqs, at, ..
     } = received;
@@ -184,33 +164,22 @@ async fn deliver(
     );
 
     if let Some(remaining) = due_at.and_then(|due| due.duration_since(SystemTime::now()).ok()) {
-        // Not due yet: send it on for the rest of its delay, then delete this copy.
         message.delay = Some(remaining);
-        publish::send(
-            &ctx.client,
-            &ctx.name,
-            &ctx.info.url,
-            ctx.info.fifo,
-            &message,
-        )
-        .await?;
-        acknowledger.delete(&message.id).await?;
-        acknowledger.end(Ended::Done);
-        return Ok(None);
+        tokio::spawn(send_on(acknowledger, message));
+        return None;
     }
     if deadline.saturating_duration_since(Instant::now()) < lease / 10 {
-        acknowledger.change_visibility(&message.id, 0).await?;
-        acknowledger.end(Ended::Returned);
-        return Ok(None);
+        tokio::spawn(hand_back(acknowledger));
+        return None;
     }
     let delivery = Delivery::new(
         message,
         Attempt::new(receive_count),
         ctx.name.clone(),
-        Box::new(acknowledger),
+        acknowledger,
     )
     .with_lease_until(lease, deadline);
-    Ok(Some(delivery))
+    Some(delivery)
 }
 
 pub(crate) fn consume(ctx: Arc<QueueCtx>, options: &ConsumeOptions) -> DeliveryStream {
@@ -270,12 +239,8 @@ pub(crate) fn consume(ctx: Arc<QueueCtx>, options: &ConsumeOptions) -> DeliveryS
                 (Some(gate), Some(group)) => Some((Arc::clone(gate), group)),
                 _ => None,
             };
-            match deliver(&guard.ctx, received, lease, gate).await {
-                Ok(Some(delivery)) => return Some((Ok(delivery), guard)),
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(queue = %guard.ctx.name, %error, "could not hand a message on; it comes back after its visibility timeout");
-                }
+            if let Some(delivery) = deliver(&guard.ctx, received, lease, gate) {
+                return Some((Ok(delivery), guard));
             }
         }
     })

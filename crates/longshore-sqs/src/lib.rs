@@ -24,24 +24,23 @@
 mod client;
 mod consume;
 mod fifo;
-pub mod publish;
+mod publish;
 mod queue;
+mod received;
 mod schedule;
-pub mod settle;
+mod settle;
 mod topology;
-pub mod wire;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
-use longshore_core::{
-    Broker, BrokerError, BrokerUrl, ConsumeOptions, DeliveryStream, Message, QueueName,
-    QueueOptions, QueueStats,
+use longshore_core::spi::{
+    ConsumeOptions, DeliveryStream, Message, ScheduleKey, ScheduleLease, ScheduleStore,
 };
-
-use longshore_core::schedule::{ScheduleKey, ScheduleLease};
+use longshore_core::{Broker, BrokerError, BrokerUrl, QueueName, QueueOptions, QueueStats};
 use queue::QueueCtx;
 
 /// Builds an [`SqsBroker`].
@@ -82,7 +81,7 @@ impl SqsBrokerBuilder {
     ) -> Self {
         self.overrides.credentials = Some((
             access_key_id.into(),
-            longshore_core::Secret::new(secret_access_key),
+            longshore_core::spi::Secret::new(secret_access_key),
         ));
         self
     }
@@ -244,15 +243,8 @@ impl Broker for SqsBroker {
         topology::stats(&self.inner.client, queue, &ctx.info).await
     }
 
-    async fn schedule_lease(
-        &self,
-        key: &ScheduleKey,
-    ) -> Result<Option<Box<dyn ScheduleLease>>, BrokerError> {
-        schedule::take(self, key).await
-    }
-
-    async fn delete_schedule(&self, key: &ScheduleKey) -> Result<(), BrokerError> {
-        schedule::delete(self, key).await
+    fn schedules(&self) -> Option<&dyn ScheduleStore> {
+        Some(self)
     }
 
     fn is_connected(&self) -> bool {
@@ -262,5 +254,19 @@ impl Broker for SqsBroker {
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .all(|ctx| ctx.reachable.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+#[async_trait]
+impl ScheduleStore for SqsBroker {
+    async fn lease(
+        &self,
+        key: &ScheduleKey,
+    ) -> Result<Option<Box<dyn ScheduleLease>>, BrokerError> {
+        schedule::take(self, key).await
+    }
+
+    async fn delete(&self, key: &ScheduleKey) -> Result<(), BrokerError> {
+        schedule::delete(self, key).await
     }
 }

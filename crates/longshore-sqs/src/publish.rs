@@ -4,14 +4,15 @@
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_sqs::Client;
-use longshore_core::{BrokerError, Message, QueueName};
+use longshore_core::spi::Message;
+use longshore_core::{BrokerError, QueueName};
 
 use crate::client::broker_error;
 use crate::topology::seconds_up;
 use crate::wire;
 
 /// SQS's longest `DelaySeconds`.
-pub const MAX_NATIVE_DELAY: Duration = Duration::from_secs(900);
+pub(crate) const MAX_NATIVE_DELAY: Duration = Duration::from_secs(900);
 
 /// Sends `message` to the queue at `url`; returns once SQS has it.
 pub(crate) async fn send(

@@ -13,10 +13,11 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use longshore_core::schedule::{
-    ScheduleKey, ScheduleLease, decode_watermark, encode_watermark, lease_lost,
+use longshore_core::spi::{
+    Message, ScheduleKey, ScheduleLease, decode_watermark, encode_watermark, lease_lost,
+    unix_millis,
 };
-use longshore_core::{Broker, BrokerError, Message, QueueName, unix_millis};
+use longshore_core::{Broker, BrokerError, QueueName};
 use tokio::time::Instant;
 
 use crate::SqsBroker;

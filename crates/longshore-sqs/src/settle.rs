@@ -3,24 +3,24 @@
 //! redrive policy keep working; `release` = visibility 0; `dead_letter(reason)` = send to the
 //! redrive target with the reason, then delete; `extend` = the heartbeat.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use longshore_core::{
-    Acknowledger, Attempt, BrokerError, Message, MessageId, Settlement, headers, unix_millis,
-};
+use longshore_core::spi::{Acknowledger, Message, Settlement, headers, unix_millis};
+use longshore_core::{Attempt, BrokerError, MessageId};
 use tokio::time::Instant;
 
 use crate::client::settle_error;
-use crate::consume::Received;
 use crate::fifo::{Ended, Gate, release_all};
 use crate::publish;
 use crate::queue::QueueCtx;
+use crate::received::Received;
 use crate::topology::seconds_up;
 
 /// SQS's longest visibility timeout (12 hours).
-pub const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
+pub(crate) const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
 
 /// A FIFO delivery's group and the gate that holds the rest of it.
 pub(crate) type GroupGate = (Arc<Gate<Received>>, String);
@@ -37,6 +37,9 @@ pub(crate) struct SqsAcknowledger {
     /// to a stale receive, and SQS can accept a delete that deletes nothing; so settling
     /// refuses locally with [`BrokerError::LeaseLost`].
     deadline: Mutex<Instant>,
+    /// A settlement was asked for (or the message handed on); a delivery dropped without
+    /// one is released at once.
+    settling: AtomicBool,
 }
 
 impl SqsAcknowledger {
@@ -57,6 +60,7 @@ impl SqsAcknowledger {
             group,
             gate: Mutex::new(gate),
             deadline: Mutex::new(deadline),
+            settling: AtomicBool::new(false),
         }
     }
 
@@ -176,6 +180,7 @@ impl Acknowledger for SqsAcknowledger {
         attempt: Attempt,
         settlement: Settlement,
     ) -> Result<(), BrokerError> {
+        self.settling.store(true, Ordering::Relaxed);
         let how = match &settlement {
             Settlement::Ack | Settlement::DeadLetter { .. } => Ended::Done,
             Settlement::Release => Ended::Returned,
@@ -203,8 +208,65 @@ impl Acknowledger for SqsAcknowledger {
 }
 
 impl Drop for SqsAcknowledger {
-    /// A delivery dropped unsettled (lost lease, immediate shutdown) frees its group.
+    /// A delivery dropped without a settlement (a task that ended abnormally) is released
+    /// (visibility 0) instead of waiting out its lease; either way its FIFO group is freed.
     fn drop(&mut self) {
+        if !self.settling.load(Ordering::Relaxed)
+            && Instant::now() < *self.deadline.lock().unwrap_or_else(PoisonError::into_inner)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let (ctx, receipt) = (Arc::clone(&self.ctx), self.receipt.clone());
+            runtime.spawn(async move {
+                let released = ctx
+                    .client
+                    .change_message_visibility()
+                    .queue_url(&ctx.info.url)
+                    .receipt_handle(receipt)
+                    .visibility_timeout(0)
+                    .send()
+                    .await;
+                if let Err(error) = released {
+                    tracing::debug!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "could not release an unsettled delivery; it comes back after its visibility timeout");
+                }
+            });
+        }
         self.end(Ended::Returned);
     }
+}
+
+/// Sends a message that is not due yet on for the rest of its delay (`message.delay`), then
+/// deletes this copy; on failure the copy comes back after its visibility timeout. Runs as
+/// a task of its own, beside the receive stream.
+pub(crate) async fn send_on(acknowledger: SqsAcknowledger, message: Message) {
+    acknowledger.settling.store(true, Ordering::Relaxed);
+    let ctx = Arc::clone(&acknowledger.ctx);
+    let sent = publish::send(
+        &ctx.client,
+        &ctx.name,
+        &ctx.info.url,
+        ctx.info.fifo,
+        &message,
+    )
+    .await;
+    let done = match sent {
+        Ok(()) => acknowledger.delete(&message.id).await,
+        Err(error) => Err(error),
+    };
+    match done {
+        Ok(()) => acknowledger.end(Ended::Done),
+        Err(error) => {
+            tracing::warn!(queue = %ctx.name, message_id = %message.id, %error, "could not send a delayed message on; it comes back after its visibility timeout");
+        }
+    }
+}
+
+/// Hands back at once a message that waited in the receive buffer nearly a whole lease: too
+/// little of it is left to run a job. Runs as a task of its own.
+pub(crate) async fn hand_back(acknowledger: SqsAcknowledger) {
+    acknowledger.settling.store(true, Ordering::Relaxed);
+    let message_id = acknowledger.message_id.clone();
+    if let Err(error) = acknowledger.change_visibility(&message_id, 0).await {
+        tracing::debug!(%error, "could not hand back a message; it comes back after its visibility timeout");
+    }
+    acknowledger.end(Ended::Returned);
 }

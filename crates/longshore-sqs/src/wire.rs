@@ -13,16 +13,17 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::types::MessageAttributeValue;
-use longshore_core::{BrokerError, Headers, Message, headers, unix_millis};
+use longshore_core::BrokerError;
+use longshore_core::spi::{Headers, Message, headers, unix_millis};
 
 /// The job-name attribute.
-pub const JOB: &str = headers::JOB;
+pub(crate) const JOB: &str = headers::JOB;
 /// The packed metadata attribute.
-pub const META: &str = "longshore-meta";
+pub(crate) const META: &str = "longshore-meta";
 /// SQS's limit on message attributes.
-pub const MAX_ATTRIBUTES: usize = 10;
+pub(crate) const MAX_ATTRIBUTES: usize = 10;
 /// SQS's limit on a message: body and attributes together.
-pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 const DUE_AT: &str = "due_at";
 

@@ -49,10 +49,12 @@
 //!
 //!     let worker = Worker::builder(broker, "billing")
 //!         .dependency(Mailer)
-//!         .scoped(|scope| async move { Ok(RequestId(format!("req-{}", scope.context().id))) })
+//!         .scoped(|ctx: JobContext| async move {
+//!             Ok::<_, JobError>(RequestId(format!("req-{}", ctx.id)))
+//!         })
 //!         .handler(send_invoice)
 //!         .concurrency(8)
-//!         .build()?; // checks now that every `Dep<T>` a handler takes is registered
+//!         .build()?; // checks now that every `Dep<T>` a handler or factory takes is registered
 //!     let (stats, shutdown) = (worker.stats(), worker.shutdown_handle());
 //!     let running = tokio::spawn(worker.run()); // also stops on SIGTERM / Ctrl-C
 //!

@@ -13,6 +13,8 @@
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset | OTLP/HTTP collector (Jaeger: `http://jaeger:4318`) |
 //! | `OTEL_SERVICE_NAME` | unset | the service name in traces |
 
+pub mod readme;
+
 use longshore::Job;
 use serde::{Deserialize, Serialize};
 

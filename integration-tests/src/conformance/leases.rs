@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use longshore::{BrokerError, ConsumeOptions, Message};
+use longshore::BrokerError;
+use longshore::spi::{ConsumeOptions, Message};
 
 use super::{await_settled, cleanup, declared_queue, enqueue, probe_worker};
 use crate::harness::{Behaviour, Harness, Probe, Recorder, Running, eventually};
@@ -100,6 +101,6 @@ pub async fn long_jobs_are_extended_and_run_once(h: &Harness) {
         "the job ran once: {:?}",
         recorder.runs(0)
     );
-    assert_eq!(a.stats.lease_lost + b.stats.lease_lost, 0);
+    assert_eq!(a.stats.abandoned + b.stats.abandoned, 0);
     cleanup(h, &queue).await;
 }

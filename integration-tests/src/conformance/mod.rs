@@ -7,6 +7,7 @@
 
 pub mod leases;
 pub mod schedules;
+pub mod scope;
 pub mod settlement;
 pub mod worker;
 
@@ -14,9 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use longshore::spi::{ConsumeOptions, Message};
 use longshore::{
-    ConsumeOptions, Message, Producer, QueueName, QueueOptions, QueueStats, RetryPolicy,
-    StatsSnapshot, Worker, WorkerBuilder,
+    Producer, QueueName, QueueOptions, QueueStats, RetryPolicy, StatsSnapshot, Worker,
+    WorkerBuilder,
 };
 
 use crate::harness::{Harness, Probe, Recorder, Running, eventually, probe};
@@ -152,9 +154,11 @@ macro_rules! conformance_suite {
             worker::concurrency_limit_is_never_exceeded,
             worker::graceful_shutdown_finishes_in_flight_and_leaves_the_rest,
             worker::shutdown_deadline_releases_running_jobs,
-            worker::scoped_values_are_fresh_and_disposed_on_every_outcome,
+            scope::scoped_values_are_fresh_and_disposed_on_every_outcome,
+            scope::failing_panicking_and_hanging_disposers_fail_the_attempt_and_settle,
             settlement::retry_redelivers_after_its_delay_with_the_next_attempt,
             settlement::release_returns_the_message_at_once,
+            settlement::a_delivery_dropped_unsettled_comes_back_at_once,
             settlement::dead_letter_carries_the_reason,
             settlement::delayed_messages_are_not_delivered_early,
             settlement::jobs_enqueued_at_a_time_are_not_delivered_before_it,

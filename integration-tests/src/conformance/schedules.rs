@@ -160,13 +160,13 @@ async fn forget_schedule(h: &Harness, queue: &QueueName) {
         queue: queue.clone(),
         name: "every-second".into(),
     };
-    h.broker
-        .delete_schedule(&key)
+    let store = h.broker.schedules().expect("the broker holds schedules");
+    store
+        .delete(&key)
         .await
         .expect("delete the schedule's state");
-    let lease = h
-        .broker
-        .schedule_lease(&key)
+    let lease = store
+        .lease(&key)
         .await
         .expect("take the lease")
         .expect("nobody holds it");
@@ -176,8 +176,8 @@ async fn forget_schedule(h: &Harness, queue: &QueueName) {
         "the watermark went with the schedule"
     );
     lease.release().await;
-    h.broker
-        .delete_schedule(&key)
+    store
+        .delete(&key)
         .await
         .expect("delete the schedule's state");
 }

@@ -4,9 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use longshore::{
-    BrokerError, ConsumeOptions, Delivery, DeliveryStream, Message, Producer, headers,
-};
+use longshore::spi::{ConsumeOptions, Delivery, DeliveryStream, Message, headers};
+use longshore::{BrokerError, Producer};
 
 use super::{await_settled, cleanup, declared_queue, take_dead_letters};
 use crate::harness::{Behaviour, Harness, Probe, unique_queue};
@@ -54,6 +53,29 @@ pub async fn retry_redelivers_after_its_delay_with_the_next_attempt(h: &Harness)
     second.ack().await.expect("ack");
     drop(stream);
     await_settled(h, &queue, 0, 0).await;
+    cleanup(h, &queue).await;
+}
+
+/// A delivery dropped without being settled (a job task that ended abnormally) comes back
+/// at once, counted as another attempt, not when its lease or channel ends.
+pub async fn a_delivery_dropped_unsettled_comes_back_at_once(h: &Harness) {
+    let queue = declared_queue(h, "settle-dropped").await;
+    h.broker
+        .publish(&queue, Message::new("probe", b"{}".to_vec()))
+        .await
+        .expect("publish");
+    let options = ConsumeOptions::default()
+        .prefetch(1)
+        .visibility_timeout(Duration::from_secs(60));
+    let mut stream = h.broker.consume(&queue, &options).await.expect("consume");
+    let first = next(h, &mut stream, Duration::from_secs(5)).await;
+    let id = first.message().id.clone();
+    drop(first);
+    let again = next(h, &mut stream, Duration::from_secs(5)).await;
+    assert_eq!(again.message().id, id);
+    assert_eq!(again.attempt().get(), 2);
+    again.ack().await.expect("ack");
+    drop(stream);
     cleanup(h, &queue).await;
 }
 

@@ -1,14 +1,13 @@
-//! Worker behaviour on a broker: outcomes to settlements, concurrency, shutdown, scopes.
+//! Worker behaviour on a broker: outcomes to settlements, concurrency, shutdown.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use longshore::{JobOutcome, Message, Scope, Trigger, headers};
+use longshore::Trigger;
+use longshore::spi::{Message, headers};
 
 use super::{
-    await_settled, await_worker, cleanup, declared_queue, enqueue, probe_worker, stats,
-    take_dead_letters,
+    await_settled, await_worker, cleanup, declared_queue, enqueue, probe_worker, take_dead_letters,
 };
 use crate::harness::{Behaviour, Harness, Probe, Recorder, Running, eventually};
 
@@ -309,116 +308,5 @@ pub async fn shutdown_deadline_releases_running_jobs(h: &Harness) {
     assert_eq!((report.stats.released, report.stats.succeeded), (3, 0));
     assert!(!report.immediate);
     await_settled(h, &queue, 3, 0).await;
-    cleanup(h, &queue).await;
-}
-
-/// Each job gets fresh scoped values; they are disposed after success, failure and panic,
-/// with the outcome, before the delivery settles.
-pub async fn scoped_values_are_fresh_and_disposed_on_every_outcome(h: &Harness) {
-    struct Tx {
-        serial: usize,
-        key_attempt: (String, u32),
-    }
-    let queue = declared_queue(h, "scope").await;
-    let recorder = Arc::new(Recorder::default());
-    let built = Arc::new(AtomicUsize::new(0));
-    type Disposed = Vec<(usize, (String, u32), JobOutcome)>;
-    let disposed: Arc<Mutex<Disposed>> = Arc::default();
-    let (built_in, disposed_in) = (Arc::clone(&built), Arc::clone(&disposed));
-    enqueue(
-        h,
-        &queue,
-        vec![
-            Probe {
-                key: 0,
-                behaviour: Behaviour::Succeed,
-            },
-            Probe {
-                key: 1,
-                behaviour: Behaviour::FailPermanently,
-            },
-            Probe {
-                key: 2,
-                behaviour: Behaviour::PanicUntil(2),
-            },
-        ],
-    )
-    .await;
-    async fn probe_in_tx(
-        job: Probe,
-        recorder: longshore::Dep<Recorder>,
-        tx: longshore::Dep<Tx>,
-        ctx: longshore::JobContext,
-    ) -> Result<(), longshore::JobError> {
-        assert_eq!(tx.key_attempt.1, ctx.attempt.get());
-        crate::harness::probe(job, recorder, ctx).await
-    }
-    let builder = longshore::Worker::builder(Arc::clone(&h.broker), queue.clone())
-        .dependency_arc(Arc::clone(&recorder))
-        .scoped_with_disposer(
-            move |scope: Scope| {
-                let serial = built_in.fetch_add(1, Ordering::SeqCst);
-                let ctx = scope.context();
-                let key_attempt = (ctx.id.to_string(), ctx.attempt.get());
-                async move {
-                    Ok(Tx {
-                        serial,
-                        key_attempt,
-                    })
-                }
-            },
-            move |tx: Arc<Tx>, outcome| {
-                let disposed = Arc::clone(&disposed_in);
-                async move {
-                    disposed.lock().expect("not poisoned").push((
-                        tx.serial,
-                        tx.key_attempt.clone(),
-                        outcome,
-                    ));
-                }
-            },
-        )
-        .handler(probe_in_tx)
-        .queue_options(longshore::QueueOptions::default().visibility_timeout(h.timing.visibility))
-        .concurrency(1)
-        .retry_policy(longshore::RetryPolicy::exponential(
-            Duration::from_millis(10),
-            Duration::from_millis(50),
-            3,
-        ));
-    let worker = Running::start(builder);
-    await_worker(h, &worker, "2 successes and 1 dead letter", |s| {
-        s.succeeded == 2 && s.dead_lettered == 1
-    })
-    .await;
-    await_settled(h, &queue, 0, 1).await;
-    worker.stop().await;
-
-    let disposed = disposed.lock().expect("not poisoned").clone();
-    assert_eq!(
-        built.load(Ordering::SeqCst),
-        4,
-        "one value per run (3 jobs, one retried)"
-    );
-    let mut serials: Vec<usize> = disposed.iter().map(|d| d.0).collect();
-    serials.sort_unstable();
-    assert_eq!(
-        serials,
-        vec![0, 1, 2, 3],
-        "every value disposed exactly once"
-    );
-    let mut outcomes: Vec<JobOutcome> = disposed.iter().map(|d| d.2).collect();
-    outcomes.sort_by_key(|o| format!("{o:?}"));
-    assert_eq!(
-        outcomes,
-        vec![
-            JobOutcome::Failed,
-            JobOutcome::Failed,
-            JobOutcome::Succeeded,
-            JobOutcome::Succeeded
-        ],
-        "success, permanent failure, panic, and the panic's successful retry"
-    );
-    assert_eq!(stats(h, &queue).await.dead_lettered.unwrap_or(1), 1);
     cleanup(h, &queue).await;
 }

@@ -24,7 +24,7 @@ use crate::broker::{
 use crate::delivery::{Acknowledger, Delivery, Settlement};
 use crate::message::{Message, headers, unix_millis};
 use crate::names::{Attempt, MessageId, QueueName};
-use crate::schedule::{ScheduleKey, ScheduleLease};
+use crate::schedule::{ScheduleKey, ScheduleLease, ScheduleStore};
 use queue::{QueueState, Stored};
 
 /// An in-process broker with real visibility, delay, retry and dead-letter semantics.
@@ -108,7 +108,7 @@ impl MemoryBroker {
                         message,
                         Attempt::new(attempt),
                         queue.clone(),
-                        Box::new(acknowledger),
+                        acknowledger,
                     )
                     .with_lease(lease_for));
                 }
@@ -218,29 +218,8 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn schedule_lease(
-        &self,
-        key: &ScheduleKey,
-    ) -> Result<Option<Box<dyn ScheduleLease>>, BrokerError> {
-        queue_mut(&mut self.inner.lock(), &key.queue)?;
-        let holder = self.inner.next_lease.fetch_add(1, Ordering::Relaxed);
-        Ok(self
-            .inner
-            .schedules
-            .take(key, holder)
-            .map(|watermark| -> Box<dyn ScheduleLease> {
-                Box::new(lease::MemoryLease {
-                    broker: self.clone(),
-                    key: key.clone(),
-                    holder,
-                    watermark,
-                })
-            }))
-    }
-
-    async fn delete_schedule(&self, key: &ScheduleKey) -> Result<(), BrokerError> {
-        self.inner.schedules.forget(key);
-        Ok(())
+    fn schedules(&self) -> Option<&dyn ScheduleStore> {
+        Some(self)
     }
 
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats, BrokerError> {
@@ -261,7 +240,36 @@ impl Broker for MemoryBroker {
     }
 }
 
-/// Settles one memory delivery by its lease id.
+#[async_trait]
+impl ScheduleStore for MemoryBroker {
+    async fn lease(
+        &self,
+        key: &ScheduleKey,
+    ) -> Result<Option<Box<dyn ScheduleLease>>, BrokerError> {
+        queue_mut(&mut self.inner.lock(), &key.queue)?;
+        let holder = self.inner.next_lease.fetch_add(1, Ordering::Relaxed);
+        Ok(self
+            .inner
+            .schedules
+            .take(key, holder)
+            .map(|watermark| -> Box<dyn ScheduleLease> {
+                Box::new(lease::MemoryLease {
+                    broker: self.clone(),
+                    key: key.clone(),
+                    holder,
+                    watermark,
+                })
+            }))
+    }
+
+    async fn delete(&self, key: &ScheduleKey) -> Result<(), BrokerError> {
+        self.inner.schedules.forget(key);
+        Ok(())
+    }
+}
+
+/// Settles one memory delivery by its lease id. Dropped unsettled, it hands the message
+/// back at once (as the real brokers' adapters do) instead of letting the lease run out.
 struct MemoryAcknowledger {
     inner: Arc<Inner>,
     queue: QueueName,
@@ -342,6 +350,18 @@ impl Acknowledger for MemoryAcknowledger {
                 queue: self.queue.clone(),
                 message_id: self.message_id.clone(),
             })
+        }
+    }
+}
+
+impl Drop for MemoryAcknowledger {
+    fn drop(&mut self) {
+        let mut queues = self.inner.lock();
+        if let Some(state) = queues.get_mut(&self.queue)
+            && let Some(stored) = state.take_lease(self.lease)
+        {
+            state.ready.push_front(stored);
+            state.notify.notify_waiters();
         }
     }
 }

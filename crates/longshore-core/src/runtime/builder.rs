@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::process::{Registration, Shared};
+use super::pipeline::{self, Layer, Registration, StackOptions};
+use super::process::Shared;
 use super::{Health, Shutdown, Worker, WorkerStats};
 use crate::broker::{Broker, ConsumeOptions, QueueOptions, Topology};
 use crate::handler::{Handler, TypedHandler};
@@ -16,7 +17,12 @@ use crate::job::{Job, JobError};
 use crate::names::{JobName, QueueName};
 use crate::retry::RetryPolicy;
 use crate::schedule::{Schedule, ScheduleError, Scheduler, Tz};
-use crate::scope::{JobOutcome, Root, Scope};
+use crate::scope::{Factory, Requirement, Root, check_dependencies};
+use crate::telemetry::Telemetry;
+
+/// How long the broker may take to settle a delivery before the runtime gives up on it;
+/// the broker's own redelivery is then the safety net, as for any failed settlement.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Per-job-type overrides of the worker's defaults.
 #[derive(Clone, Debug, Default)]
@@ -46,9 +52,15 @@ impl JobOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// Handlers ask for types nobody registered.
+    /// Handlers or factories ask for types nobody registered.
     #[error("{}", .0.join("; "))]
     MissingDependencies(Vec<String>),
+    /// Per-job factories need each other.
+    #[error(
+        "the per-job factories need each other in a cycle ({0}), so none could be built; \
+         break the cycle"
+    )]
+    DependencyCycle(String),
     /// Two handlers for one job name.
     #[error("job `{0}` has two handlers; register each job type once per worker")]
     DuplicateHandler(JobName),
@@ -80,7 +92,10 @@ pub struct WorkerBuilder {
     queue: QueueName,
     root: Root,
     registry: HashMap<JobName, (Registration, JobOptions)>,
-    requirements: Vec<(JobName, Vec<crate::scope::Requirement>)>,
+    requirements: Vec<(JobName, Vec<Requirement>)>,
+    layers: Vec<Arc<dyn Layer>>,
+    telemetry: Option<Arc<dyn Telemetry>>,
+    dispose_timeout: Duration,
     duplicate: Option<JobName>,
     concurrency: usize,
     prefetch: Option<u16>,
@@ -103,6 +118,9 @@ impl WorkerBuilder {
             root: Root::new(),
             registry: HashMap::new(),
             requirements: Vec::new(),
+            layers: Vec::new(),
+            telemetry: None,
+            dispose_timeout: Duration::from_secs(30),
             duplicate: None,
             concurrency: 16,
             prefetch: None,
@@ -164,28 +182,53 @@ impl WorkerBuilder {
         self
     }
 
-    /// Adds a per-job dependency, built lazily by `factory` once per job that asks for it.
-    pub fn scoped<T, F, Fut>(mut self, factory: F) -> Self
+    /// Adds a per-job dependency, built lazily by `factory` once per job that asks for it:
+    /// an async function or closure of what it needs (`|pool: Dep<Pool>| async move { .. }`),
+    /// returning `Result<T, E>` for any `E: Into<JobError>`. See [`Root::scoped`].
+    pub fn scoped<T, Args, F>(mut self, factory: F) -> Self
     where
         T: Send + Sync + 'static,
-        F: Fn(Scope) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<T, JobError>> + Send + 'static,
+        Args: 'static,
+        F: Factory<T, Args>,
     {
         self.root.scoped(factory);
         self
     }
 
     /// Adds a per-job dependency with an async disposer that runs when the job ends, before
-    /// the delivery settles (commit on success, roll back on failure).
-    pub fn scoped_with_disposer<T, F, Fut, D, DFut>(mut self, factory: F, disposer: D) -> Self
+    /// the delivery settles: `disposer(value, succeeded)` owns the value (commit on success,
+    /// roll back otherwise). A disposer that fails, panics or passes the disposal timeout
+    /// fails the attempt: the job is retried, never acked. See [`Root::scoped_with_disposer`].
+    pub fn scoped_with_disposer<T, Args, F, D, DFut, E>(mut self, factory: F, disposer: D) -> Self
     where
         T: Send + Sync + 'static,
-        F: Fn(Scope) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<T, JobError>> + Send + 'static,
-        D: Fn(Arc<T>, JobOutcome) -> DFut + Clone + Send + Sync + 'static,
-        DFut: Future<Output = ()> + Send + 'static,
+        Args: 'static,
+        F: Factory<T, Args>,
+        D: Fn(T, bool) -> DFut + Clone + Send + Sync + 'static,
+        DFut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<JobError> + 'static,
     {
         self.root.scoped_with_disposer(factory, disposer);
+        self
+    }
+
+    /// How long each disposer may take before the attempt fails. Default: 30 s.
+    pub fn dispose_timeout(mut self, timeout: Duration) -> Self {
+        self.dispose_timeout = timeout;
+        self
+    }
+
+    /// Adds a layer to the per-job stack (see [`Layer`]): it runs inside the job's span and
+    /// outside its scope's disposal, around every attempt. Layers added first run outermost.
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.layers.push(Arc::new(layer));
+        self
+    }
+
+    /// Continues producers' traces and records job metrics with `telemetry` (from
+    /// `longshore::otel::init`). Without it jobs still get their `tracing` span.
+    pub fn telemetry(mut self, telemetry: Arc<dyn Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
         self
     }
 
@@ -272,7 +315,8 @@ impl WorkerBuilder {
         self
     }
 
-    /// Checks the handlers' dependencies and schedules, and builds the worker.
+    /// Checks the handlers' and factories' dependencies and the schedules, and builds the
+    /// worker.
     pub fn build(self) -> Result<Worker, BuildError> {
         if let Some(error) = self.schedule_error {
             return Err(error.into());
@@ -280,6 +324,9 @@ impl WorkerBuilder {
         let mut scheduler = Scheduler::new(Arc::clone(&self.broker), self.queue.clone());
         if let Some(every) = self.standby_poll {
             scheduler = scheduler.standby_poll(every);
+        }
+        if let Some(telemetry) = &self.telemetry {
+            scheduler = scheduler.with_telemetry(Arc::clone(telemetry));
         }
         for schedule in self.schedules {
             if !self.registry.contains_key(schedule.job()) {
@@ -300,20 +347,14 @@ impl WorkerBuilder {
         if let Some(name) = self.duplicate {
             return Err(BuildError::DuplicateHandler(name));
         }
-        let mut missing = Vec::new();
-        for (job, requirements) in &self.requirements {
-            for requirement in requirements {
-                if !self.root.provides(requirement.type_id) {
-                    missing.push(format!(
-                        "the handler of job `{job}` needs a `{}`, but none is registered; add \
-                         `.dependency(value)` or `.scoped(factory)` to the worker builder",
-                        requirement.type_name
-                    ));
-                }
+        match check_dependencies(&self.root, &self.requirements) {
+            Ok(()) => {}
+            Err(crate::scope::Problem::Missing(missing)) => {
+                return Err(BuildError::MissingDependencies(missing));
             }
-        }
-        if !missing.is_empty() {
-            return Err(BuildError::MissingDependencies(missing));
+            Err(crate::scope::Problem::Cycle(cycle)) => {
+                return Err(BuildError::DependencyCycle(cycle));
+            }
         }
         let registry = self
             .registry
@@ -321,9 +362,18 @@ impl WorkerBuilder {
             .map(|(name, (mut registration, options))| {
                 registration.retry = options.retry.unwrap_or_else(|| self.retry.clone());
                 registration.timeout = options.timeout.unwrap_or(self.timeout);
-                (name, registration)
+                (name, Arc::new(registration))
             })
             .collect();
+        let layers = pipeline::stack(
+            StackOptions {
+                system: self.broker.system(),
+                telemetry: self.telemetry.clone(),
+                dispose_timeout: self.dispose_timeout,
+                settle_timeout: SETTLE_TIMEOUT,
+            },
+            self.layers,
+        );
         let prefetch = self.prefetch.unwrap_or_else(|| {
             u16::try_from(self.concurrency.saturating_mul(2)).unwrap_or(u16::MAX)
         });
@@ -342,8 +392,9 @@ impl WorkerBuilder {
                 system: self.broker.system(),
                 root: Arc::new(self.root),
                 registry,
+                layers,
                 stats,
-                deadline: CancellationToken::new(),
+                deadline: Arc::new(CancellationToken::new()),
             }),
             broker: self.broker,
             queue: self.queue,
@@ -354,6 +405,7 @@ impl WorkerBuilder {
             queue_options: self.queue_options,
             shutdown: Shutdown::default(),
             scheduler,
+            telemetry: self.telemetry,
         })
     }
 }

@@ -4,6 +4,7 @@
 mod builder;
 mod feed;
 mod health;
+mod pipeline;
 mod process;
 mod shutdown;
 mod stats;
@@ -14,13 +15,15 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::{Broker, BrokerError, ConsumeOptions, QueueOptions, Topology};
+use crate::broker::{Broker, BrokerError, ConsumeOptions, IntoBroker, QueueOptions, Topology};
 use crate::names::QueueName;
+use crate::telemetry::Telemetry;
 use feed::Feed;
 use process::Shared;
 
 pub use builder::{BuildError, JobOptions, WorkerBuilder};
 pub use health::Health;
+pub use pipeline::{JobRequest, Layer, Next};
 pub use shutdown::Shutdown;
 pub(crate) use shutdown::listen_for_signals;
 pub use stats::{StatsSnapshot, WorkerStats};
@@ -62,6 +65,7 @@ pub struct Worker {
     shutdown: Shutdown,
     health: Health,
     scheduler: Option<crate::schedule::Scheduler>,
+    telemetry: Option<Arc<dyn Telemetry>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -75,9 +79,10 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// A builder for a worker consuming `queue` on `broker`.
-    pub fn builder(broker: Arc<dyn Broker>, queue: impl Into<QueueName>) -> WorkerBuilder {
-        WorkerBuilder::new(broker, queue.into())
+    /// A builder for a worker consuming `queue` on `broker`: an adapter (`MemoryBroker`,
+    /// `AmqpBroker`, `SqsBroker`), an `Arc` of one, or what `longshore::connect` returns.
+    pub fn builder(broker: impl IntoBroker, queue: impl Into<QueueName>) -> WorkerBuilder {
+        WorkerBuilder::new(broker.into_broker(), queue.into())
     }
 
     /// A handle that stops the worker; take it before running.
@@ -147,7 +152,7 @@ impl Worker {
             self.consume.clone(),
             self.health.clone(),
         );
-        let telemetry = crate::telemetry::installed();
+        let telemetry = self.telemetry.as_deref();
         if let Some(telemetry) = telemetry {
             telemetry.worker_started(&self.broker, &self.queue);
         }
@@ -263,7 +268,7 @@ mod tests {
         );
         builder()
             .dependency(Mailer)
-            .scoped(|_| async { Ok(Database) })
+            .scoped(|| async { Ok::<_, JobError>(Database) })
             .handler(needs_two)
             .build()
             .expect("root and scoped values both satisfy `Dep<T>`");
@@ -330,8 +335,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn brokers_without_schedule_support_say_so() {
+    #[test]
+    fn schedules_on_a_broker_that_cannot_hold_them_fail_the_build() {
+        /// A broker without the schedules capability.
         struct Plain(MemoryBroker);
         #[async_trait::async_trait]
         impl Broker for Plain {
@@ -344,14 +350,18 @@ mod tests {
             async fn verify(&self, q: &QueueName) -> Result<(), BrokerError> {
                 self.0.verify(q).await
             }
-            async fn publish(&self, q: &QueueName, m: crate::Message) -> Result<(), BrokerError> {
+            async fn publish(
+                &self,
+                q: &QueueName,
+                m: crate::spi::Message,
+            ) -> Result<(), BrokerError> {
                 self.0.publish(q, m).await
             }
             async fn consume(
                 &self,
                 q: &QueueName,
                 o: &ConsumeOptions,
-            ) -> Result<crate::DeliveryStream, BrokerError> {
+            ) -> Result<crate::spi::DeliveryStream, BrokerError> {
                 self.0.consume(q, o).await
             }
             async fn delete(&self, q: &QueueName) -> Result<(), BrokerError> {
@@ -361,30 +371,22 @@ mod tests {
                 self.0.stats(q).await
             }
         }
-        let key = crate::schedule::ScheduleKey {
-            queue: QueueName::new("q"),
-            name: "nightly".into(),
-        };
-        let error = Plain(MemoryBroker::new())
-            .schedule_lease(&key)
-            .await
-            .err()
-            .expect("no lease");
+        use crate::schedule::Tz;
+        let error = Worker::builder(Plain(MemoryBroker::new()), "q")
+            .handler(plain)
+            .schedule("nightly", "0 3 * * *", Tz::UTC, || Ping)
+            .build()
+            .expect_err("no schedules on this broker");
         assert!(
             error
                 .to_string()
-                .contains("the plain broker does not support cron schedules"),
+                .starts_with("the plain broker cannot hold cron schedules' leases"),
             "{error}"
         );
-        let missing = MemoryBroker::new()
-            .schedule_lease(&key)
-            .await
-            .err()
-            .expect("no queue");
-        assert!(
-            matches!(missing, BrokerError::QueueNotFound { .. }),
-            "{missing}"
-        );
+        Worker::builder(Plain(MemoryBroker::new()), "q")
+            .handler(plain)
+            .build()
+            .expect("without schedules it builds");
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::telemetry::JobResult;
+use crate::outcome::Outcome;
 
 /// Live counters of one worker; read them with [`WorkerStats::snapshot`].
 #[derive(Debug, Default)]
@@ -12,8 +12,7 @@ pub struct WorkerStats {
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     released: AtomicU64,
-    settle_failed: AtomicU64,
-    lease_lost: AtomicU64,
+    abandoned: AtomicU64,
     in_flight: AtomicU64,
 }
 
@@ -30,28 +29,32 @@ pub struct StatsSnapshot {
     pub dead_lettered: u64,
     /// Deliveries handed back untouched (shutdown).
     pub released: u64,
-    /// Settlements the broker did not take (its redelivery is the safety net).
-    pub settle_failed: u64,
-    /// Jobs stopped because their lease was lost (another worker may run them).
-    pub lease_lost: u64,
+    /// Attempts this worker could not settle: the lease was lost, or the broker did not take
+    /// the settlement. The broker redelivers them.
+    pub abandoned: u64,
     /// Attempts running now.
     pub in_flight: u64,
 }
 
 impl WorkerStats {
-    pub(crate) fn started(&self) {
+    /// Counts an attempt as started and running, until the guard is finished or dropped
+    /// (an attempt whose task ended without an outcome counts as abandoned).
+    pub(crate) fn start(&self) -> Running<'_> {
         self.started.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Running {
+            stats: self,
+            counted: false,
+        }
     }
 
-    pub(crate) fn finished(&self, result: JobResult) {
-        let counter = match result {
-            JobResult::Succeeded => &self.succeeded,
-            JobResult::Retried => &self.retried,
-            JobResult::DeadLettered => &self.dead_lettered,
-            JobResult::Released => &self.released,
-            JobResult::SettleFailed => &self.settle_failed,
-            JobResult::LeaseLost => &self.lease_lost,
+    fn count(&self, outcome: Option<&Outcome>) {
+        let counter = match outcome {
+            Some(Outcome::Succeeded) => &self.succeeded,
+            Some(Outcome::Retried { .. }) => &self.retried,
+            Some(Outcome::DeadLettered { .. }) => &self.dead_lettered,
+            Some(Outcome::Released) => &self.released,
+            Some(Outcome::Abandoned { .. } | Outcome::Failed(_)) | None => &self.abandoned,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -65,9 +68,30 @@ impl WorkerStats {
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             released: self.released.load(Ordering::Relaxed),
-            settle_failed: self.settle_failed.load(Ordering::Relaxed),
-            lease_lost: self.lease_lost.load(Ordering::Relaxed),
+            abandoned: self.abandoned.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One running attempt in the counters.
+pub(crate) struct Running<'a> {
+    stats: &'a WorkerStats,
+    counted: bool,
+}
+
+impl Running<'_> {
+    /// Counts the attempt's outcome.
+    pub(crate) fn finish(mut self, outcome: &Outcome) {
+        self.stats.count(Some(outcome));
+        self.counted = true;
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if !self.counted {
+            self.stats.count(None);
         }
     }
 }

@@ -31,6 +31,21 @@ impl std::fmt::Display for ScheduleKey {
     }
 }
 
+/// What a broker keeps for cron schedules: one lease per schedule, with the newest tick
+/// recorded; [`Broker::schedules`](crate::Broker::schedules) offers it.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync {
+    /// Takes the lease of a schedule if no replica holds it (`Ok(None)` if one does), with
+    /// the schedule's recorded watermark.
+    async fn lease(&self, key: &ScheduleKey)
+    -> Result<Option<Box<dyn ScheduleLease>>, BrokerError>;
+
+    /// Deletes what the broker keeps for a schedule (its lease and recorded watermark): for
+    /// a schedule removed for good. Stop the replicas running it first; a schedule that runs
+    /// again afterwards starts afresh.
+    async fn delete(&self, key: &ScheduleKey) -> Result<(), BrokerError>;
+}
+
 /// A schedule's lease, held by one replica at a time, with the schedule's watermark (the
 /// newest tick enqueued or skipped) as recorded on the broker.
 ///

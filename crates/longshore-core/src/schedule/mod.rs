@@ -56,8 +56,10 @@
 //!   says. The watermark is an instant, so a restart never re-runs or skips ticks because of
 //!   the time zone.
 //! - The first time a schedule runs anywhere it starts from now: ticks before it existed are
-//!   not caught up. [`Broker::delete_schedule`](crate::Broker::delete_schedule) deletes a
-//!   removed schedule's lease and watermark.
+//!   not caught up. [`ScheduleStore::delete`] deletes a removed schedule's lease and
+//!   watermark.
+//! - Schedules need a broker that can hold their leases ([`Broker::schedules`](crate::Broker::schedules));
+//!   a worker with schedules on one that cannot fails to build, saying so.
 
 mod cron;
 mod lease;
@@ -73,7 +75,8 @@ use crate::names::JobName;
 
 pub use cron::CronSchedule;
 pub use lease::{
-    RENEW_EVERY, ScheduleKey, ScheduleLease, decode_watermark, encode_watermark, lease_lost,
+    RENEW_EVERY, ScheduleKey, ScheduleLease, ScheduleStore, decode_watermark, encode_watermark,
+    lease_lost,
 };
 pub use runner::Scheduler;
 
@@ -117,6 +120,12 @@ pub enum ScheduleError {
     /// Two schedules share a name.
     #[error("two schedules are named `{0}`; schedule names must be unique per queue")]
     Duplicate(String),
+    /// The broker cannot hold schedule leases.
+    #[error(
+        "the {0} broker cannot hold cron schedules' leases, so schedules cannot run on it; \
+         use RabbitMQ, SQS or the memory broker for the replicas that schedule"
+    )]
+    Unsupported(&'static str),
 }
 
 type MakeJob = dyn Fn() -> Result<Vec<u8>, serde_json::Error> + Send + Sync;

@@ -9,11 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::lease::{RENEW_EVERY, ScheduleKey, ScheduleLease};
 use super::{Schedule, ScheduleError};
-use crate::broker::Broker;
+use crate::broker::{Broker, IntoBroker};
 use crate::message::{Message, headers, unix_millis};
 use crate::names::{MessageId, QueueName};
 use crate::producer::send_traced;
 use crate::runtime::Shutdown;
+use crate::telemetry::Telemetry;
 
 /// Runs cron schedules whose ticks are enqueued on one queue. Run it in every replica: each
 /// tick is enqueued once (see [`crate::schedule`] for how, and the limits).
@@ -25,6 +26,7 @@ pub struct Scheduler {
     queue: QueueName,
     schedules: Vec<Schedule>,
     standby_poll: Duration,
+    telemetry: Option<Arc<dyn Telemetry>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -49,17 +51,22 @@ enum Turn {
 
 impl Scheduler {
     /// A scheduler enqueuing ticks on `queue` of `broker`.
-    pub fn new(broker: Arc<dyn Broker>, queue: impl Into<QueueName>) -> Self {
+    pub fn new(broker: impl IntoBroker, queue: impl Into<QueueName>) -> Self {
         Self {
-            broker,
+            broker: broker.into_broker(),
             queue: queue.into(),
             schedules: Vec::new(),
             standby_poll: Duration::from_secs(1),
+            telemetry: None,
         }
     }
 
-    /// Adds a schedule; its name must be unique on this queue.
+    /// Adds a schedule; its name must be unique on this queue, and the broker must be able
+    /// to hold schedule leases.
     pub fn schedule(mut self, schedule: Schedule) -> Result<Self, ScheduleError> {
+        if self.broker.schedules().is_none() {
+            return Err(ScheduleError::Unsupported(self.broker.system()));
+        }
         if self.schedules.iter().any(|s| s.name == schedule.name) {
             return Err(ScheduleError::Duplicate(schedule.name));
         }
@@ -70,6 +77,12 @@ impl Scheduler {
     /// How often a replica that does not hold a lease tries to take it. Default: 1 s.
     pub fn standby_poll(mut self, every: Duration) -> Self {
         self.standby_poll = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Propagates traces from each tick's `send` span with `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Arc<dyn Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
         self
     }
 
@@ -99,6 +112,7 @@ impl Scheduler {
             tracing::info!(%key, cron = schedule.cron.expression(), time_zone = %schedule.cron.time_zone(), "schedule registered");
             running.spawn(keep(
                 Arc::clone(&self.broker),
+                self.telemetry.clone(),
                 key,
                 schedule,
                 self.standby_poll,
@@ -112,18 +126,28 @@ impl Scheduler {
 /// One schedule's loop in one replica: stand by, hold the lease when free, repeat.
 async fn keep(
     broker: Arc<dyn Broker>,
+    telemetry: Option<Arc<dyn Telemetry>>,
     key: ScheduleKey,
     schedule: Schedule,
     standby_poll: Duration,
     stop: CancellationToken,
 ) {
+    let Some(store) = broker.schedules() else {
+        // `Scheduler::schedule` refuses schedules on such a broker.
+        tracing::error!(%key, "the broker cannot hold schedule leases");
+        return;
+    };
     let mut failures = 0u32;
     while !stop.is_cancelled() {
-        let turn = match broker.schedule_lease(&key).await {
+        let turn = match store.lease(&key).await {
             Ok(Some(lease)) => {
                 failures = 0;
                 tracing::debug!(%key, "took the lease");
-                hold(&schedule, &key, lease, &stop, broker.system()).await
+                let sender = Sender {
+                    system: broker.system(),
+                    telemetry: telemetry.as_deref(),
+                };
+                hold(&schedule, &key, lease, &stop, sender).await
             }
             Ok(None) => Turn::Lost,
             Err(error) => {
@@ -147,13 +171,20 @@ async fn keep(
     }
 }
 
+/// How ticks are sent: the broker's system name and the telemetry that traces them.
+#[derive(Clone, Copy)]
+struct Sender<'a> {
+    system: &'static str,
+    telemetry: Option<&'a dyn Telemetry>,
+}
+
 /// Holds the lease: enqueue due ticks, record them, sleep until the next tick, renew.
 async fn hold(
     schedule: &Schedule,
     key: &ScheduleKey,
     mut lease: Box<dyn ScheduleLease>,
     stop: &CancellationToken,
-    system: &'static str,
+    sender: Sender<'_>,
 ) -> Turn {
     let mut renewed = tokio::time::Instant::now();
     if lease.watermark().is_none() {
@@ -187,9 +218,13 @@ async fn hold(
                 }
             };
             let id = message.id.clone();
-            let published = send_traced(system, &key.queue, message, |message| {
-                lease.publish(&key.queue, message)
-            })
+            let published = send_traced(
+                sender.system,
+                sender.telemetry,
+                &key.queue,
+                message,
+                |message| lease.publish(&key.queue, message),
+            )
             .await;
             if let Err(error) = published {
                 tracing::warn!(%key, %error, message_id = %id, "cannot enqueue a tick");

@@ -14,7 +14,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     broker
         .declare(&queue.as_str().into(), &QueueOptions::default())
         .await?;
-    let producer = Producer::new(broker, queue.as_str());
+    let producer = Producer::new(broker, queue.as_str()).with_telemetry(telemetry.hooks());
     let orders = number("ORDERS", 10)?;
     for order in 1..=orders {
         let job = FulfilOrder {

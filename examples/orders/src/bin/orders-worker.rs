@@ -5,11 +5,10 @@
 //! `orders-worker healthcheck` asks the running worker's `/readyz` and exits 0 when ready:
 //! a container health check that needs no curl in the image.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use longshore::{Dep, JobContext, JobError, JobOutcome, QueueOptions, Worker};
+use longshore::{Dep, JobContext, JobError, QueueOptions, Worker};
 use longshore_example_orders::{FulfilOrder, broker_url, number, queue, setting};
 use tracing::Instrument;
 
@@ -88,18 +87,21 @@ async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     let telemetry = longshore::otel::init()?;
     let broker = longshore::connect(broker_url()).await?;
     let worker = Worker::builder(broker, queue())
+        .telemetry(telemetry.hooks())
         .dependency(Backends::default())
         .scoped_with_disposer(
-            |scope| async move {
-                Ok(UnitOfWork {
-                    id: format!("uow-{}", scope.context().id),
+            |ctx: JobContext| async move {
+                Ok::<_, JobError>(UnitOfWork {
+                    id: format!("uow-{}", ctx.id),
                 })
             },
-            |unit: Arc<UnitOfWork>, outcome| async move {
-                match outcome {
-                    JobOutcome::Succeeded => tracing::info!(unit = %unit.id, "committed"),
-                    _ => tracing::info!(unit = %unit.id, ?outcome, "rolled back"),
+            |unit: UnitOfWork, succeeded| async move {
+                if succeeded {
+                    tracing::info!(unit = %unit.id, "committed");
+                } else {
+                    tracing::info!(unit = %unit.id, "rolled back");
                 }
+                Ok::<_, JobError>(())
             },
         )
         .handler(fulfil)

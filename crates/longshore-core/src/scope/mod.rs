@@ -3,7 +3,16 @@
 //! Handlers ask for what they need by type ([`Dep<T>`]) and cannot tell a root value from a
 //! per-job one. Per-job values are built lazily by registered factories, the first time a
 //! job asks; when the job ends, their disposers run (commit or roll back, flush) before the
-//! delivery settles, and the values are dropped.
+//! delivery settles, and the values are dropped. A disposer takes its value by ownership
+//! and can fail the attempt: a refused commit is retried, never acked.
+//!
+//! Factories declare what they need the way handlers do (their arguments), so
+//! [`WorkerBuilder::build`](crate::WorkerBuilder::build) checks every dependency, a
+//! factory's included, and rejects cycles before the first job runs.
+
+mod check;
+mod dispose;
+mod factory;
 
 use std::any::{Any, TypeId, type_name};
 use std::collections::HashMap;
@@ -19,21 +28,25 @@ use tokio::sync::OnceCell;
 use crate::context::JobContext;
 use crate::job::JobError;
 
+pub(crate) use check::{Problem, check_dependencies};
+pub use factory::Factory;
+
 type AnyArc = Arc<dyn Any + Send + Sync>;
-type Disposer = Box<dyn FnOnce(JobOutcome) -> BoxFuture<'static, ()> + Send>;
-type Factory = Arc<
+
+/// Runs a per-job value's disposer: the value (which it downcasts and unwraps) and whether
+/// the job succeeded so far.
+type Disposer = Box<dyn FnOnce(AnyArc, bool) -> BoxFuture<'static, Result<(), JobError>> + Send>;
+
+/// Builds one per-job value in a scope, with its disposer if it has one.
+type Build = Arc<
     dyn Fn(Scope) -> BoxFuture<'static, Result<(AnyArc, Option<Disposer>), JobError>> + Send + Sync,
 >;
 
-/// How a job ended, as its scope's disposers see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JobOutcome {
-    /// The handler returned `Ok`: commit.
-    Succeeded,
-    /// The handler failed, panicked or timed out: roll back.
-    Failed,
-    /// The job was stopped before finishing (shutdown deadline, lost lease): roll back.
-    Cancelled,
+/// A registered per-job factory: how to build the value, and what it needs.
+struct Registered {
+    build: Build,
+    requirements: Vec<Requirement>,
+    type_name: &'static str,
 }
 
 /// The process-wide container: values that live as long as the worker, and the factories
@@ -41,7 +54,7 @@ pub enum JobOutcome {
 #[derive(Default)]
 pub struct Root {
     values: HashMap<TypeId, AnyArc>,
-    factories: HashMap<TypeId, Factory>,
+    factories: HashMap<TypeId, Registered>,
 }
 
 impl fmt::Debug for Root {
@@ -71,47 +84,74 @@ impl Root {
 
     /// Registers a per-job value: `factory` runs at most once per job, the first time the
     /// job asks for a `T`, and the value is dropped when the job ends.
-    pub fn scoped<T, F, Fut>(&mut self, factory: F)
+    ///
+    /// The factory is an async function of what it needs, asked for as handlers ask
+    /// (`Dep<U>`, [`JobContext`], [`Scope`]), returning `Result<T, E>` for any error that
+    /// converts into [`JobError`]. Its `Dep<U>` arguments are checked when the worker is built.
+    pub fn scoped<T, Args, F>(&mut self, factory: F)
     where
         T: Send + Sync + 'static,
-        F: Fn(Scope) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<T, JobError>> + Send + 'static,
+        Args: 'static,
+        F: Factory<T, Args>,
     {
-        self.factories.insert(
-            TypeId::of::<T>(),
-            Arc::new(move |scope| {
-                let built = factory(scope);
-                Box::pin(async move {
-                    let value: AnyArc = Arc::new(built.await?);
-                    Ok((value, None))
-                })
-            }),
+        self.register(
+            factory,
+            None::<fn(T, bool) -> std::future::Ready<Result<(), JobError>>>,
         );
     }
 
-    /// Registers a per-job value with an async disposer that runs when the job ends (with
-    /// how it ended), before the delivery settles: commit on success, roll back otherwise.
-    pub fn scoped_with_disposer<T, F, Fut, D, DFut>(&mut self, factory: F, disposer: D)
+    /// Registers a per-job value with an async disposer that runs when the job ends, before
+    /// the delivery settles: `disposer(value, succeeded)`, newest value first.
+    ///
+    /// The disposer owns the value (a commit may consume the transaction). If it fails, or
+    /// panics, or passes the worker's disposal timeout, the attempt fails: a job that had
+    /// succeeded is retried instead of acked (the error is permanent only if the disposer
+    /// says so), and the disposers after it see `succeeded = false`. A value something
+    /// still holds when the job ends (a `Dep<T>` moved into a task that outlives the job)
+    /// cannot be handed over: that fails the attempt too.
+    pub fn scoped_with_disposer<T, Args, F, D, DFut, E>(&mut self, factory: F, disposer: D)
     where
         T: Send + Sync + 'static,
-        F: Fn(Scope) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<T, JobError>> + Send + 'static,
-        D: Fn(Arc<T>, JobOutcome) -> DFut + Clone + Send + Sync + 'static,
-        DFut: Future<Output = ()> + Send + 'static,
+        Args: 'static,
+        F: Factory<T, Args>,
+        D: Fn(T, bool) -> DFut + Clone + Send + Sync + 'static,
+        DFut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<JobError> + 'static,
     {
+        self.register(factory, Some(disposer));
+    }
+
+    fn register<T, Args, F, D, DFut, E>(&mut self, factory: F, disposer: Option<D>)
+    where
+        T: Send + Sync + 'static,
+        Args: 'static,
+        F: Factory<T, Args>,
+        D: Fn(T, bool) -> DFut + Clone + Send + Sync + 'static,
+        DFut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<JobError> + 'static,
+    {
+        let build: Build = Arc::new(move |scope: Scope| {
+            let built = factory.build(scope);
+            let disposer = disposer.clone();
+            Box::pin(async move {
+                let value: AnyArc = Arc::new(built.await?);
+                let disposer = disposer.map(|disposer| -> Disposer {
+                    Box::new(move |value: AnyArc, succeeded: bool| {
+                        Box::pin(dispose::hand_over::<T, D, DFut, E>(
+                            value, succeeded, disposer,
+                        ))
+                    })
+                });
+                Ok((value, disposer))
+            })
+        });
         self.factories.insert(
             TypeId::of::<T>(),
-            Arc::new(move |scope| {
-                let built = factory(scope);
-                let disposer = disposer.clone();
-                Box::pin(async move {
-                    let value = Arc::new(built.await?);
-                    let for_disposer = Arc::clone(&value);
-                    let dispose: Disposer =
-                        Box::new(move |outcome| Box::pin(disposer(for_disposer, outcome)));
-                    Ok((value as AnyArc, Some(dispose)))
-                })
-            }),
+            Registered {
+                build,
+                requirements: F::requirements(),
+                type_name: type_name::<T>(),
+            },
         );
     }
 
@@ -133,13 +173,23 @@ impl Root {
 #[derive(Clone)]
 pub struct Scope {
     inner: Arc<ScopeInner>,
+    /// The per-job values being built on this call path, innermost last: a factory asking,
+    /// directly or through others, for the value it is building is a cycle, reported as an
+    /// error instead of waiting on itself.
+    building: Option<Arc<Building>>,
+}
+
+struct Building {
+    type_id: TypeId,
+    type_name: &'static str,
+    outer: Option<Arc<Building>>,
 }
 
 struct ScopeInner {
     root: Arc<Root>,
     context: JobContext,
     built: Mutex<HashMap<TypeId, Arc<OnceCell<AnyArc>>>>,
-    disposers: Mutex<Vec<Disposer>>,
+    disposers: Mutex<Vec<(TypeId, &'static str, Disposer)>>,
 }
 
 impl fmt::Debug for Scope {
@@ -161,6 +211,7 @@ impl Scope {
                 built: Mutex::new(HashMap::new()),
                 disposers: Mutex::new(Vec::new()),
             }),
+            building: None,
         }
     }
 
@@ -171,6 +222,9 @@ impl Scope {
 
     /// The value of type `T`: this job's own if a factory is registered for `T` (built now
     /// if this is the first ask), else the process-wide one.
+    ///
+    /// A type nobody registered is a permanent error; so is a factory that asks for its own
+    /// type, directly or through other factories (a cycle).
     pub async fn get<T: Send + Sync + 'static>(&self) -> Result<Arc<T>, JobError> {
         let type_id = TypeId::of::<T>();
         let Some(factory) = self.inner.root.factories.get(&type_id) else {
@@ -182,6 +236,12 @@ impl Scope {
                 ))
             });
         };
+        if let Some(cycle) = self.cycle_through(type_id, factory.type_name) {
+            return Err(JobError::permanent(format!(
+                "the per-job factories need each other in a cycle ({cycle}), so none can be \
+                 built; break the cycle"
+            )));
+        }
         let cell = Arc::clone(
             self.inner
                 .built
@@ -192,13 +252,21 @@ impl Scope {
         );
         let value = cell
             .get_or_try_init(|| async {
-                let (value, disposer) = factory(self.clone()).await?;
+                let building = Scope {
+                    inner: Arc::clone(&self.inner),
+                    building: Some(Arc::new(Building {
+                        type_id,
+                        type_name: factory.type_name,
+                        outer: self.building.clone(),
+                    })),
+                };
+                let (value, disposer) = (factory.build)(building).await?;
                 if let Some(disposer) = disposer {
                     self.inner
                         .disposers
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .push(disposer);
+                        .push((type_id, factory.type_name, disposer));
                 }
                 Ok::<_, JobError>(value)
             })
@@ -209,8 +277,30 @@ impl Scope {
         })
     }
 
-    /// Ends the job's scope: runs disposers, newest first, then drops the per-job values.
-    pub async fn dispose(&self, outcome: JobOutcome) {
+    /// `A → B → A` if `type_id` is being built on this call path.
+    fn cycle_through(&self, type_id: TypeId, name: &'static str) -> Option<String> {
+        let mut path = vec![name];
+        let mut at = self.building.as_deref();
+        while let Some(building) = at {
+            path.push(building.type_name);
+            if building.type_id == type_id {
+                path.reverse();
+                return Some(path.join(" → "));
+            }
+            at = building.outer.as_deref();
+        }
+        None
+    }
+
+    /// Ends the job's scope: runs the disposers, newest value first, each bounded by
+    /// `timeout` and guarded against panics, then drops the per-job values. `succeeded` is
+    /// whether the job succeeded; after a disposer fails, the rest see `false`. Returns the
+    /// first disposer's failure. Running it again does nothing.
+    pub async fn dispose(
+        &self,
+        succeeded: bool,
+        timeout: std::time::Duration,
+    ) -> Result<(), JobError> {
         let disposers = std::mem::take(
             &mut *self
                 .inner
@@ -218,14 +308,43 @@ impl Scope {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        for disposer in disposers.into_iter().rev() {
-            disposer(outcome).await;
+        let mut result = Ok(());
+        let mut succeeded = succeeded;
+        for (type_id, type_name, disposer) in disposers.into_iter().rev() {
+            let Some(value) = self.take_built(type_id) else {
+                continue;
+            };
+            let outcome = dispose::guarded(type_name, timeout, disposer(value, succeeded)).await;
+            if let Err(error) = outcome {
+                tracing::warn!(value = type_name, %error, "a per-job value's disposer failed");
+                succeeded = false;
+                if result.is_ok() {
+                    result = Err(error);
+                }
+            }
         }
         self.inner
             .built
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        result
+    }
+
+    /// Takes a built value out of the scope, so that its disposer can own it.
+    fn take_built(&self, type_id: TypeId) -> Option<AnyArc> {
+        let cell = self
+            .inner
+            .built
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&type_id)?;
+        match Arc::try_unwrap(cell) {
+            Ok(cell) => cell.into_inner(),
+            // A `get` still running elsewhere holds the cell: hand over what it holds, so the
+            // disposer reports the value as still in use rather than being skipped.
+            Err(cell) => cell.get().cloned(),
+        }
     }
 }
 
@@ -244,10 +363,25 @@ impl Scope {
 ///     mailer.send(&job.to).await?;
 ///     Ok(())
 /// }
+///
+/// // In a unit test, call the handler with a value of your own:
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// welcome(Welcome { to: "ada@example.com".into() }, Dep::new(Mailer)).await.unwrap();
+/// # });
 /// ```
 pub struct Dep<T>(Arc<T>);
 
 impl<T> Dep<T> {
+    /// Wraps a value, for calling a handler directly in a test.
+    pub fn new(value: T) -> Self {
+        Dep(Arc::new(value))
+    }
+
+    /// Wraps a shared value.
+    pub fn from_arc(value: Arc<T>) -> Self {
+        Dep(value)
+    }
+
     /// The shared pointer to the value.
     pub fn into_arc(self) -> Arc<T> {
         self.0
@@ -273,7 +407,8 @@ impl<T: fmt::Debug> fmt::Debug for Dep<T> {
     }
 }
 
-/// A type a handler needs to find in the container, checked when the worker is built.
+/// A type a handler or factory needs to find in the container, checked when the worker is
+/// built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Requirement {
     /// The type's id.
@@ -292,12 +427,12 @@ impl Requirement {
     }
 }
 
-/// Something a handler can take as an argument after the job, built from the job's scope.
+/// Something a handler or factory can take as an argument, built from the job's scope.
 ///
 /// Implement it for an app-defined struct to build a typed per-job bundle (a transaction
 /// plus a tenant client), as axum's `FromRequestParts` builds per-request values.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be a handler argument",
+    message = "`{Self}` cannot be a handler or factory argument",
     label = "not available from the job's scope",
     note = "after the job itself, handler arguments are `Dep<T>`, `JobContext`, `Scope`, or a type that implements `FromScope`"
 )]
@@ -336,117 +471,4 @@ impl FromScope for Scope {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::SystemTime;
-
-    use tokio_util::sync::CancellationToken;
-
-    use super::*;
-    use crate::names::{Attempt, JobName, MessageId, QueueName};
-
-    fn context() -> JobContext {
-        JobContext::new(
-            MessageId::generate(),
-            JobName::new("test"),
-            QueueName::new("q"),
-            Attempt::FIRST,
-            SystemTime::now(),
-            Arc::default(),
-            CancellationToken::new(),
-        )
-    }
-
-    struct Config(u32);
-    struct Tx {
-        serial: usize,
-    }
-
-    fn root_with_tx(
-        built: Arc<AtomicUsize>,
-        disposed: Arc<Mutex<Vec<(usize, JobOutcome)>>>,
-    ) -> Arc<Root> {
-        let mut root = Root::new();
-        root.insert(Config(7));
-        root.scoped_with_disposer(
-            move |_scope| {
-                let serial = built.fetch_add(1, Ordering::SeqCst);
-                async move { Ok(Tx { serial }) }
-            },
-            move |tx: Arc<Tx>, outcome| {
-                let disposed = Arc::clone(&disposed);
-                async move { disposed.lock().unwrap().push((tx.serial, outcome)) }
-            },
-        );
-        Arc::new(root)
-    }
-
-    #[tokio::test]
-    async fn scoped_values_are_lazy_fresh_per_job_and_disposed() {
-        let built = Arc::new(AtomicUsize::new(0));
-        let disposed = Arc::new(Mutex::new(Vec::new()));
-        let root = root_with_tx(Arc::clone(&built), Arc::clone(&disposed));
-
-        let first = Scope::new(Arc::clone(&root), context());
-        assert_eq!(built.load(Ordering::SeqCst), 0, "factories run lazily");
-        let a = first.get::<Tx>().await.unwrap();
-        let again = first.get::<Tx>().await.unwrap();
-        assert!(Arc::ptr_eq(&a, &again), "one value per job");
-        let second = Scope::new(Arc::clone(&root), context());
-        let b = second.get::<Tx>().await.unwrap();
-        assert_ne!(a.serial, b.serial, "fresh value per job");
-
-        first.dispose(JobOutcome::Succeeded).await;
-        second.dispose(JobOutcome::Failed).await;
-        assert_eq!(
-            *disposed.lock().unwrap(),
-            vec![
-                (a.serial, JobOutcome::Succeeded),
-                (b.serial, JobOutcome::Failed)
-            ]
-        );
-        drop((a, again));
-        assert_eq!(Arc::strong_count(&b), 1, "the scope dropped its value");
-    }
-
-    #[tokio::test]
-    async fn root_values_are_shared_and_missing_types_are_clear_errors() {
-        let root = root_with_tx(Arc::default(), Arc::default());
-        let one = Scope::new(Arc::clone(&root), context())
-            .get::<Config>()
-            .await
-            .unwrap();
-        let two = Scope::new(Arc::clone(&root), context())
-            .get::<Config>()
-            .await
-            .unwrap();
-        assert!(Arc::ptr_eq(&one, &two));
-        assert_eq!(one.0, 7);
-        let missing = Scope::new(root, context())
-            .get::<String>()
-            .await
-            .unwrap_err();
-        assert!(
-            missing
-                .to_string()
-                .contains("no value of type `alloc::string::String`")
-        );
-        assert!(!missing.is_retryable());
-    }
-
-    #[tokio::test]
-    async fn factory_can_use_other_values_and_failures_propagate() {
-        let mut root = Root::new();
-        root.insert(Config(3));
-        root.scoped(|scope: Scope| async move {
-            let config = scope.get::<Config>().await?;
-            Ok(format!("tenant-{}-{}", config.0, scope.context().job))
-        });
-        root.scoped(|_scope: Scope| async move { Err::<u64, _>(JobError::retryable("db down")) });
-        let scope = Scope::new(Arc::new(root), context());
-        assert_eq!(*scope.get::<String>().await.unwrap(), "tenant-3-test");
-        let err = scope.get::<u64>().await.unwrap_err();
-        assert!(err.is_retryable());
-        assert_eq!(err.to_string(), "db down");
-    }
-}
+mod tests;

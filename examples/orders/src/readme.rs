@@ -1,0 +1,70 @@
+//! The README's broker and telemetry snippets, compiled with the `amqp`, `sqs` and `otel`
+//! features this package enables (a test checks that the README quotes them from here).
+//! They are not run here: the integration tests cover what they do against real brokers.
+
+use longshore::amqp::{AmqpBroker, QueueType};
+use longshore::sqs::SqsBroker;
+use longshore::{JobError, Worker};
+
+use crate::FulfilOrder;
+
+async fn fulfil(_order: FulfilOrder) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// RabbitMQ by URL, and with settings.
+#[allow(unused_variables, reason = "the snippet shows both ways")]
+pub async fn rabbitmq(url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    // --- README: RabbitMQ ---
+    let broker = longshore::connect("amqp://app:secret@rabbit:5672/%2f").await?; // password never logged
+    // or, with settings:
+    let broker = AmqpBroker::builder(url)
+        .queue_type(QueueType::Quorum) // default: classic
+        .dead_letter_exchange("billing", "billing-dlx", None) // a queue someone else declared
+        .connect_timeout(std::time::Duration::from_secs(10)) // default: 30 s, then a clear error
+        .connect()
+        .await?;
+    let worker = Worker::builder(broker, "billing").handler(fulfil).build()?;
+    // --- end ---
+    drop(worker);
+    Ok(())
+}
+
+/// SQS by URL, and with settings.
+pub async fn sqs() -> Result<(), Box<dyn std::error::Error>> {
+    // --- README: SQS ---
+    // Region, credentials and endpoint from the standard AWS chain (env, profiles, AWS_ENDPOINT_URL):
+    let broker = longshore::connect("sqs://").await?;
+    let worker = Worker::builder(broker, "billing") // a name, sqs://billing, or
+        .handler(fulfil) // https://sqs.eu-west-1.amazonaws.com/123456789012/billing
+        .build()?;
+    // or, with settings:
+    let broker = SqsBroker::builder("sqs://")
+        .max_receive_count(10) // the redrive policy of queues longshore declares
+        .endpoint_url("http://127.0.0.1:4566") // LocalStack, instead of AWS_ENDPOINT_URL
+        .connect()
+        .await?;
+    // --- end ---
+    drop((worker, broker));
+    Ok(())
+}
+
+/// A worker and a producer with OpenTelemetry.
+pub async fn telemetry(
+    broker: std::sync::Arc<dyn longshore::Broker>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // --- README: Telemetry ---
+    let telemetry = longshore::otel::init()?; // logs, traces, metrics from OTEL_* env
+    let producer =
+        longshore::Producer::new(broker.clone(), "orders").with_telemetry(telemetry.hooks()); // its `send` spans become the jobs' parents
+    let worker = Worker::builder(broker, "orders")
+        .telemetry(telemetry.hooks()) // continue the producer's trace, count jobs
+        .handler(fulfil)
+        .build()?;
+    let _probes = longshore::otel::health::serve("0.0.0.0:8080", vec![worker.health()]).await?;
+    worker.run().await?;
+    telemetry.shutdown(); // flush what is buffered
+    // --- end ---
+    drop(producer);
+    Ok(())
+}
