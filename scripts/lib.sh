@@ -27,12 +27,13 @@ apt_install() {
 }
 
 # RabbitMQ on 127.0.0.1:5672 (guest/guest): started (and installed) if it is not running.
+# The package is installed either way: tests that stop a broker start nodes of their own.
 ensure_rabbitmq() {
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
   if port_open 127.0.0.1 5672; then
     log "RabbitMQ is up on 127.0.0.1:5672"
     return
   fi
-  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
   log "starting RabbitMQ"
   rabbitmq-server -detached >/dev/null 2>&1 || true
   # await_startup fails until the node has registered: retry it.

@@ -7,3 +7,4 @@ pub mod conformance;
 pub mod harness;
 pub mod otlp;
 pub mod process;
+pub mod rabbit_node;

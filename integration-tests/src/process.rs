@@ -2,13 +2,16 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-/// A worker process (the `signal_worker` binary), its stdout read line by line.
+/// A worker process (the `signal_worker` binary), its stdout read line by line and its
+/// stderr kept (and echoed) for checks such as "nothing panicked".
 pub struct WorkerProcess {
     child: Child,
     lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: std::thread::JoinHandle<()>,
 }
 
 impl WorkerProcess {
@@ -23,16 +26,38 @@ impl WorkerProcess {
             .args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start signal_worker");
         let stdout = child.stdout.take().expect("piped stdout");
+        let stderr_pipe = child.stderr.take().expect("piped stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let kept = Arc::clone(&stderr);
+        let stderr_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut kept = kept.lock().expect("not poisoned");
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        });
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
             }
         });
-        Self { child, lines }
+        Self {
+            child,
+            lines,
+            stderr,
+            stderr_reader,
+        }
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("not poisoned").clone()
     }
 
     /// Waits for a line containing `needle` (the report, or one of the worker's log lines).
@@ -57,12 +82,29 @@ impl WorkerProcess {
         assert!(status.success());
     }
 
+    /// Waits for the process to exit (killing it after `timeout`) and returns its exit
+    /// status with everything it wrote to stderr.
+    pub fn wait_with_stderr(self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let stderr = Arc::clone(&self.stderr);
+        let (status, reader) = self.exit(timeout);
+        let _ = reader.join();
+        let text = stderr.lock().expect("not poisoned").clone();
+        (status, text)
+    }
+
     /// Waits for the process to exit, killing it after `timeout`.
-    pub fn wait(mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub fn wait(self, timeout: Duration) -> std::process::ExitStatus {
+        self.exit(timeout).0
+    }
+
+    fn exit(
+        mut self,
+        timeout: Duration,
+    ) -> (std::process::ExitStatus, std::thread::JoinHandle<()>) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("poll the worker") {
-                return status;
+                return (status, self.stderr_reader);
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();

@@ -1,10 +1,8 @@
 //! RabbitMQ restarted (`rabbitmqctl stop_app` / `start_app`) while 5,000 jobs flow: the
-//! worker reconnects by itself and every job completes; none is lost.
-//!
-//! In a test binary of its own: it takes the broker down under every other test too.
+//! worker reconnects by itself, its readiness says so, and every job completes; none is
+//! lost. On a RabbitMQ node of the test's own, so the shared broker is never stopped.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,17 +10,10 @@ use integration_tests::conformance::{
     await_settled, cleanup, declared_queue, enqueue, probe_worker,
 };
 use integration_tests::harness::{
-    Behaviour, Harness, Probe, RABBITMQ_TIMING, Recorder, Running, amqp_broker, eventually,
-    http_get,
+    Behaviour, Harness, Probe, RABBITMQ_TIMING, Recorder, Running, eventually, http_get,
 };
+use integration_tests::rabbit_node::RabbitNode;
 use longshore::Broker as _;
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl").args(args).status().unwrap_or_else(|error| {
-        panic!("cannot run rabbitmqctl ({error}); this test restarts the local RabbitMQ and needs its CLI")
-    });
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_under_load_loses_nothing() {
@@ -32,7 +23,10 @@ async fn a_broker_restart_under_load_loses_nothing() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let amqp = amqp_broker().await;
+    let node = RabbitNode::start("restart");
+    let amqp = longshore::amqp::AmqpBroker::connect(node.url())
+        .await
+        .expect("connect to the test's node");
     let h = Harness {
         broker: Arc::new(amqp.clone()),
         timing: RABBITMQ_TIMING,
@@ -72,7 +66,7 @@ async fn a_broker_restart_under_load_loses_nothing() {
     )
     .await;
     assert_eq!(readyz().await, (200, "ready\n".to_owned()));
-    rabbitmqctl(&["stop_app"]);
+    tokio::task::block_in_place(|| node.stop_app());
     // Read once the broker is down: what ran before the restart.
     let during = recorder.total_runs();
     assert!(
@@ -99,8 +93,7 @@ async fn a_broker_restart_under_load_loses_nothing() {
         200,
         "alive all the same: the runtime loop runs"
     );
-    rabbitmqctl(&["start_app"]);
-    rabbitmqctl(&["await_startup"]);
+    tokio::task::block_in_place(|| node.start_app());
     eventually(
         Duration::from_secs(60),
         "the worker to reconnect by itself",
