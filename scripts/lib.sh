@@ -42,6 +42,41 @@ ensure_rabbitmq() {
   log "RabbitMQ is up on 127.0.0.1:5672"
 }
 
+# PostgreSQL on 127.0.0.1:5432 with a `test` database the `postgres` role reaches over TCP
+# without a password: started (and installed, and so configured) if it is not running.
+ensure_postgres() {
+  if ! port_open 127.0.0.1 5432; then
+    command -v pg_ctlcluster >/dev/null || apt_install postgresql
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    local hba="/etc/postgresql/${version}/main/pg_hba.conf"
+    # A test machine: local TCP connections need no password.
+    if ! grep -q "longshore-tests" "$hba"; then
+      sed -i '1i host all all 127.0.0.1/32 trust # longshore-tests' "$hba"
+    fi
+    log "starting PostgreSQL ${version}"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    wait_for "PostgreSQL on 127.0.0.1:5432" 60 port_open 127.0.0.1 5432
+  fi
+  if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1; then
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE test"
+  fi
+  log "PostgreSQL is up on 127.0.0.1:5432"
+}
+
+# Redis on 127.0.0.1:6379: started (and installed) if it is not running. The package is
+# installed either way: a test freezes a Redis server of its own.
+ensure_redis() {
+  command -v redis-server >/dev/null || apt_install redis-server
+  if ! port_open 127.0.0.1 6379; then
+    log "starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      --logfile /tmp/longshore-redis.log
+    wait_for "Redis on 127.0.0.1:6379" 30 port_open 127.0.0.1 6379
+  fi
+  log "Redis is up on 127.0.0.1:6379"
+}
+
 SQS_PORT=4566
 SQS_ENDPOINT="http://127.0.0.1:${SQS_PORT}"
 LOCALSTACK_VERSION=2026.3.0

@@ -426,3 +426,60 @@ pub fn log_to_test_output() {
         .with_test_writer()
         .try_init();
 }
+
+/// The PostgreSQL tests use: `LONGSHORE_POSTGRES_URL`, or the local server's `test` database.
+pub fn postgres_url() -> String {
+    std::env::var("LONGSHORE_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// The Redis tests use: `LONGSHORE_REDIS_URL`, or the local server's database 0.
+pub fn redis_url() -> String {
+    std::env::var("LONGSHORE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// A PostgreSQL status store (schema created), or a failure saying how to start one.
+pub async fn postgres_status_store() -> longshore_status::PostgresStatusStore {
+    match tokio::time::timeout(
+        Duration::from_secs(15),
+        longshore_status::PostgresStatusStore::connect(&postgres_url()),
+    )
+    .await
+    {
+        Ok(Ok(store)) => store,
+        Ok(Err(error)) => panic!(
+            "PostgreSQL is not reachable at {}: {error}. Start it with `pg_ctlcluster <version> main start` \
+             (or run `scripts/test`, which starts it), or set LONGSHORE_POSTGRES_URL",
+            postgres_url()
+        ),
+        Err(_) => panic!(
+            "connecting to PostgreSQL at {} took over 15 s",
+            postgres_url()
+        ),
+    }
+}
+
+/// A Redis status store under a prefix of its own, or a failure saying how to start Redis.
+pub async fn redis_status_store() -> longshore_status::RedisStatusStore {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let prefix = format!(
+        "longshore-test-{}-{}-{:04x}:",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        fastrand::u16(..)
+    );
+    match tokio::time::timeout(
+        Duration::from_secs(15),
+        longshore_status::RedisStatusStore::connect(&redis_url()),
+    )
+    .await
+    {
+        Ok(Ok(store)) => store.prefix(prefix),
+        Ok(Err(error)) => panic!(
+            "Redis is not reachable at {}: {error}. Start it with `redis-server --daemonize yes` \
+             (or run `scripts/test`, which starts it), or set LONGSHORE_REDIS_URL",
+            redis_url()
+        ),
+        Err(_) => panic!("connecting to Redis at {} took over 15 s", redis_url()),
+    }
+}

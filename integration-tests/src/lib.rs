@@ -8,3 +8,5 @@ pub mod harness;
 pub mod otlp;
 pub mod process;
 pub mod rabbit_node;
+pub mod report;
+pub mod sse;

@@ -1,14 +1,15 @@
 //! The example pair (`examples/orders`) as docker-compose runs it, against RabbitMQ and a
 //! real OTLP receiver standing in for Jaeger: the producer's `checkout` → `send` → the
 //! worker's `process` → the job's own `reserve stock` and `charge card` spans form one
-//! trace per order; the worker reports ready, and SIGTERM stops it gracefully with its
-//! telemetry flushed.
+//! trace per order; each order's status (Redis) ends succeeded with the job's progress and
+//! result, served by the worker's status API; the worker reports ready, and SIGTERM stops
+//! it gracefully with its telemetry flushed.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use integration_tests::harness::{amqp_url, eventually, http_get, unique_queue};
+use integration_tests::harness::{amqp_url, eventually, http_get, redis_url, unique_queue};
 use integration_tests::otlp::{OtlpReceiver, Span, kind};
 use integration_tests::process::WorkerProcess;
 
@@ -42,11 +43,15 @@ async fn one_trace_spans_producer_queue_job_and_the_jobs_own_spans() {
     let receiver = OtlpReceiver::start();
     let queue = unique_queue("orders");
     let health = format!("127.0.0.1:{}", free_port());
+    let status_api = format!("127.0.0.1:{}", free_port());
     let env = |service: &str| {
         vec![
             ("LONGSHORE_URL", amqp_url()),
             ("LONGSHORE_QUEUE", queue.to_string()),
             ("LONGSHORE_HEALTH_ADDR", health.clone()),
+            ("LONGSHORE_STATUS_URL", redis_url()),
+            ("LONGSHORE_STATUS_ADDR", status_api.clone()),
+            ("LONGSHORE_STATUS_PUBLIC", format!("http://{status_api}")),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
             ("OTEL_SERVICE_NAME", service.to_owned()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
@@ -83,9 +88,49 @@ async fn one_trace_spans_producer_queue_job_and_the_jobs_own_spans() {
 
     let produced = Command::new(example_binary("orders-producer"))
         .envs(env("orders-producer"))
-        .status()
+        .output()
         .expect("run the producer");
-    assert!(produced.success(), "the producer enqueues and exits 0");
+    assert!(
+        produced.status.success(),
+        "the producer enqueues and exits 0"
+    );
+    // It prints each order's job id and how to watch it.
+    let printed = String::from_utf8_lossy(&produced.stdout);
+    let ids: Vec<String> = printed
+        .lines()
+        .filter_map(|line| {
+            line.split_once(": job ")?
+                .1
+                .split(';')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(ids.len(), ORDERS, "{printed}");
+    assert!(printed.contains(&format!(
+        "curl -N http://{status_api}/jobs/{}/events",
+        ids[6]
+    )));
+    let status_address = status_api.parse().expect("an address");
+    for id in &ids {
+        let status: serde_json::Value =
+            eventually(Duration::from_secs(30), "the order's status", || async {
+                let (code, body) = http_get(status_address, &format!("/jobs/{id}")).await;
+                let status: serde_json::Value =
+                    serde_json::from_str(&body).map_err(|e| format!("{code} {e}: {body}"))?;
+                if status["state"] == "succeeded" {
+                    Ok(status)
+                } else {
+                    Err(body)
+                }
+            })
+            .await;
+        assert_eq!(status["progress"]["message"], "card charged", "{status}");
+        assert!(
+            status["result"]["charged_cents"].as_u64().is_some(),
+            "{status}"
+        );
+    }
 
     // Per order: checkout + send (producer), 1 process (2 for order 7), reserve + charge
     // (twice for order 7).

@@ -5,8 +5,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::job::JobError;
 use crate::message::{Headers, headers};
 use crate::names::{Attempt, JobName, MessageId, QueueName};
+use crate::status::Progress;
+use crate::status::tracking::Tracked;
 
 /// Why a job is running now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +77,16 @@ pub struct JobContext {
     /// Cancelled when the worker asks its jobs to stop. Shared by every job of a worker, in
     /// an `Arc`: cloning a context does not touch the token's own lock.
     cancellation: Arc<CancellationToken>,
+    /// The job's status handle, when its producer tracks its status.
+    tracked: Option<Arc<Tracked>>,
+}
+
+impl std::fmt::Debug for Tracked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracked")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl JobContext {
@@ -97,7 +110,52 @@ impl JobContext {
             enqueued_at,
             headers,
             cancellation,
+            tracked: None,
         }
+    }
+
+    /// The context of a job whose status is tracked.
+    pub(crate) fn tracked(mut self, tracked: Arc<Tracked>) -> Self {
+        self.tracked = Some(tracked);
+        self
+    }
+
+    /// The job's status handle, if its status is tracked.
+    pub(crate) fn tracking(&self) -> Option<&Arc<Tracked>> {
+        self.tracked.as_ref()
+    }
+
+    /// Whether the job's status is tracked (its producer wrote it to a status store), so
+    /// progress and results are kept.
+    pub fn is_tracked(&self) -> bool {
+        self.tracked.is_some()
+    }
+
+    /// Reports how far the job is: `fraction` from 0 to 1 and a short message
+    /// (`ctx.progress(0.4, "resized 4 of 10")`). Written at most every 250 ms (the latest
+    /// report wins); nothing happens for a job whose status is not tracked.
+    pub fn progress(&self, fraction: f64, message: impl Into<String>) {
+        if let Some(tracked) = &self.tracked {
+            tracked.progress(Progress {
+                fraction: if fraction.is_nan() {
+                    0.0
+                } else {
+                    fraction.clamp(0.0, 1.0)
+                },
+                message: message.into(),
+            });
+        }
+    }
+
+    /// Leaves a small JSON result for the job's status, shown once it succeeds. A result
+    /// larger than the status store's limit (64 KiB by default) is a permanent error;
+    /// nothing happens for a job whose status is not tracked.
+    pub fn set_result<T: serde::Serialize + ?Sized>(&self, result: &T) -> Result<(), JobError> {
+        let Some(tracked) = &self.tracked else {
+            return Ok(());
+        };
+        let value = serde_json::to_value(result).map_err(JobError::permanent)?;
+        tracked.set_result(value).map_err(JobError::permanent)
     }
 
     /// The token the worker cancels to stop its jobs.
@@ -105,14 +163,26 @@ impl JobContext {
         &self.cancellation
     }
 
-    /// Whether the worker asked this job to stop (shutdown deadline passed, lease lost).
+    /// Whether the job was asked to stop: the shutdown deadline passed, or its
+    /// cancellation was asked for through its status.
     pub fn is_cancelled(&self) -> bool {
         self.cancellation.is_cancelled()
+            || self
+                .tracked
+                .as_ref()
+                .is_some_and(|tracked| tracked.cancel.is_cancelled())
     }
 
-    /// Completes when the worker asks this job to stop; long jobs can `select!` on it.
+    /// Completes when the job is asked to stop (see [`is_cancelled`](Self::is_cancelled));
+    /// long jobs can `select!` on it.
     pub async fn cancelled(&self) {
-        self.cancellation.cancelled().await;
+        match &self.tracked {
+            Some(tracked) => tokio::select! {
+                () = self.cancellation.cancelled() => {}
+                () = tracked.cancel.cancelled() => {}
+            },
+            None => self.cancellation.cancelled().await,
+        }
     }
 
     /// The W3C `traceparent` of the producer, if the message carried one.

@@ -58,6 +58,7 @@ mod runtime;
 pub mod schedule;
 mod scope;
 pub mod spi;
+pub mod status;
 mod telemetry;
 pub mod testing;
 mod url;

@@ -31,6 +31,9 @@ pub mod headers {
     /// than the broker can hold at once (RabbitMQ's delay ladder, SQS's 15 minutes), which
     /// travel in hops until then.
     pub const DUE_AT: &str = "longshore-due-at";
+    /// Set (`1`) on jobs whose producer wrote their status to a status store: a worker with
+    /// the same store tracks them.
+    pub const STATUS: &str = "longshore-status";
     /// W3C trace context of the producer.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state of the producer.

@@ -12,7 +12,8 @@ use crate::job::JobError;
 /// handler `Succeeded` or `Failed`; the retry classification turns `Failed` into `Retried`
 /// or `DeadLettered` by the job's retry policy, and the settlement makes it so on the
 /// broker. Layers above the settlement, the worker's counters and telemetry see the settled
-/// outcome: `Succeeded` (acked), `Retried`, `DeadLettered`, `Released` or `Abandoned`.
+/// outcome: `Succeeded` (acked), `Retried`, `DeadLettered`, `Released`, `Skipped` (acked
+/// without running) or `Abandoned`.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Outcome {
@@ -35,6 +36,12 @@ pub enum Outcome {
     },
     /// Stopped by the shutdown deadline and handed back to the broker untouched.
     Released,
+    /// Not run, or stopped, and acked: its cancellation was asked for, or it had succeeded
+    /// already (a redelivery of a tracked job).
+    Skipped {
+        /// Why.
+        reason: String,
+    },
     /// Not settled by this worker: its lease was lost, or the broker did not take the
     /// settlement. The broker redelivers the message (at least once).
     Abandoned {
@@ -53,6 +60,7 @@ impl Outcome {
             Outcome::Retried { .. } => "retried",
             Outcome::DeadLettered { .. } => "dead_lettered",
             Outcome::Released => "released",
+            Outcome::Skipped { .. } => "skipped",
             Outcome::Abandoned { .. } => "abandoned",
         }
     }
@@ -65,7 +73,7 @@ impl Outcome {
     /// The error or reason, for an attempt that did not succeed or finish.
     pub fn error(&self) -> Option<String> {
         match self {
-            Outcome::Succeeded | Outcome::Released => None,
+            Outcome::Succeeded | Outcome::Released | Outcome::Skipped { .. } => None,
             Outcome::Failed(error) => Some(error.to_string()),
             Outcome::Retried { error, .. } => Some(error.clone()),
             Outcome::DeadLettered { reason } | Outcome::Abandoned { reason } => {

@@ -10,6 +10,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::job::Job;
 use crate::message::{Headers, Message, headers};
 use crate::names::{MessageId, QueueName};
+use crate::status::{Created, JobState, JobStatus, JobStatuses, StatusError};
 use crate::telemetry::Telemetry;
 
 /// The PRODUCER span of one publish: `send <queue>`, with the messaging attributes.
@@ -59,6 +60,7 @@ pub struct Producer {
     broker: Arc<dyn Broker>,
     queue: QueueName,
     telemetry: Option<Arc<dyn Telemetry>>,
+    statuses: Option<JobStatuses>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -84,6 +86,9 @@ pub struct EnqueueOptions {
     pub group: Option<String>,
     /// Deduplication id (SQS FIFO); the message id when `None`.
     pub deduplication_id: Option<String>,
+    /// A key at most one unfinished job may hold: with a status store, enqueuing again with
+    /// the key of a job that has not finished returns that job's id and enqueues nothing.
+    pub unique_key: Option<String>,
 }
 
 impl EnqueueOptions {
@@ -108,6 +113,12 @@ impl EnqueueOptions {
     /// Sets the deduplication id (SQS FIFO `MessageDeduplicationId`).
     pub fn deduplication_id(mut self, id: impl Into<String>) -> Self {
         self.deduplication_id = Some(id.into());
+        self
+    }
+
+    /// Sets the unique key (needs a producer with a status store).
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
         self
     }
 
@@ -138,6 +149,22 @@ pub enum EnqueueError {
     /// The broker did not take the message.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// A unique key needs the status store, and it failed.
+    #[error(
+        "job `{job}` has a unique key, which the job status store checks, and the store failed: {source}"
+    )]
+    Status {
+        /// The job name.
+        job: &'static str,
+        /// What the store said.
+        source: StatusError,
+    },
+    /// A unique key without a status store to check it in.
+    #[error(
+        "job `{0}` has a unique key, but the producer has no status store to check it in; \
+         add one with `Producer::with_status`"
+    )]
+    UniqueKeyWithoutStatus(&'static str),
 }
 
 impl Producer {
@@ -148,7 +175,16 @@ impl Producer {
             broker: broker.into_broker(),
             queue: queue.into(),
             telemetry: None,
+            statuses: None,
         }
+    }
+
+    /// Writes each job's status to `statuses` before publishing it (see
+    /// [`crate::status`]): the id `enqueue` returns can be looked up at once (queued, and
+    /// when due), and a worker with the same statuses tracks the job.
+    pub fn with_status(mut self, statuses: JobStatuses) -> Self {
+        self.statuses = Some(statuses);
+        self
     }
 
     /// Propagates traces with `telemetry` (from `longshore::otel::init`): each enqueue's
@@ -206,7 +242,7 @@ impl Producer {
             job: J::NAME,
             source,
         })?;
-        let message = Message {
+        let mut message = Message {
             id: options.id.unwrap_or_else(MessageId::generate),
             job: J::NAME.into(),
             body,
@@ -217,15 +253,65 @@ impl Producer {
             deduplication_id: options.deduplication_id,
         };
         let id = message.id.clone();
+        let tracked = match (&self.statuses, options.unique_key) {
+            (Some(statuses), unique_key) => {
+                match self.register(statuses, &message, unique_key.clone()).await {
+                    Ok(Created::New) => {
+                        message
+                            .headers
+                            .insert(headers::STATUS.to_owned(), "1".to_owned());
+                        true
+                    }
+                    Ok(Created::Existing(existing)) => return Ok(existing),
+                    Err(source) if unique_key.is_some() => {
+                        return Err(EnqueueError::Status {
+                            job: J::NAME,
+                            source,
+                        });
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, message_id = %id, "could not write the job's status; enqueuing it untracked");
+                        false
+                    }
+                }
+            }
+            (None, Some(_)) => return Err(EnqueueError::UniqueKeyWithoutStatus(J::NAME)),
+            (None, None) => false,
+        };
         let telemetry = self.telemetry.as_deref();
-        send_traced(
+        let published = send_traced(
             self.broker.system(),
             telemetry,
             &self.queue,
             message,
             |message| self.broker.publish(&self.queue, message),
         )
-        .await?;
+        .await;
+        if let (Err(_), true, Some(statuses)) = (&published, tracked, &self.statuses)
+            && let Err(error) = statuses.store().remove(&id).await
+        {
+            tracing::warn!(%error, message_id = %id, "the publish failed and its status could not be removed; it stays queued until it expires");
+        }
+        published?;
         Ok(id)
+    }
+
+    /// Writes the status of `message` before it is published.
+    async fn register(
+        &self,
+        statuses: &JobStatuses,
+        message: &Message,
+        unique_key: Option<String>,
+    ) -> Result<Created, StatusError> {
+        let due = message.delay.map(|delay| SystemTime::now() + delay);
+        let status = JobStatus::queued(
+            message.id.clone(),
+            message.job.clone(),
+            self.queue.clone(),
+            due,
+            unique_key,
+            statuses.expiry(JobState::Queued, due),
+        );
+        statuses.create(&status).await
     }
 }

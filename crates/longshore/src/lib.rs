@@ -96,6 +96,15 @@ pub use longshore_sqs as sqs;
 #[cfg(feature = "otel")]
 pub use longshore_otel as otel;
 
+/// The HTTP API: job status for frontends (feature `http`).
+#[cfg(feature = "http")]
+pub use longshore_http as http;
+
+/// Job status stores on PostgreSQL (feature `postgres`) and Redis (feature `redis`); the
+/// in-memory one and what they are for are in [`status`].
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub use longshore_status as status_store;
+
 /// Why [`connect`] failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -10,6 +10,8 @@
 //! | `LONGSHORE_HEALTH_ADDR` | `0.0.0.0:8080` | the worker's `/healthz`, `/readyz`, `/metrics` |
 //! | `LONGSHORE_CONCURRENCY` | `16` | jobs one worker runs at once |
 //! | `ORDERS` | `10` | how many orders the producer enqueues |
+//! | `LONGSHORE_STATUS_URL` | unset | a job status store (`redis://…`, `postgres://…`): the producer writes each order's status, the worker moves it and serves it |
+//! | `LONGSHORE_STATUS_ADDR` | `0.0.0.0:8081` | the worker's job-status API (`/jobs/{id}`, `/jobs/{id}/events`) |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset | OTLP/HTTP collector (Jaeger: `http://jaeger:4318`) |
 //! | `OTEL_SERVICE_NAME` | unset | the service name in traces |
 
@@ -50,6 +52,16 @@ pub fn broker_url() -> String {
 /// The queue (`LONGSHORE_QUEUE`).
 pub fn queue() -> String {
     setting("LONGSHORE_QUEUE", "orders")
+}
+
+/// The job status store, if `LONGSHORE_STATUS_URL` names one.
+pub async fn statuses() -> Result<Option<longshore::status::JobStatuses>, Box<dyn std::error::Error>>
+{
+    let url = setting("LONGSHORE_STATUS_URL", "");
+    if url.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(longshore::status_store::connect(&url).await?))
 }
 
 /// A numeric setting, or a clear error naming it.

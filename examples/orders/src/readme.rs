@@ -68,3 +68,39 @@ pub async fn telemetry(
     drop(producer);
     Ok(())
 }
+
+/// Job status for a frontend: tracked on enqueue, moved by the worker, served over HTTP.
+pub async fn status_for_frontends(
+    broker: std::sync::Arc<dyn longshore::Broker>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // --- README: Job status ---
+    let statuses = longshore::status_store::connect("redis://127.0.0.1:6379/0").await?;
+
+    // In the web app: enqueue, answer with the id at once, let the page follow the job.
+    let producer =
+        longshore::Producer::new(broker.clone(), "reports").with_status(statuses.clone());
+    let id = producer
+        .enqueue(&FulfilOrder {
+            order: 7,
+            items: vec![],
+            cents: 990,
+        })
+        .await?;
+    let api = axum::Router::new().nest("/api", longshore::http::router(statuses.clone()));
+    // GET /api/jobs/{id}, GET /api/jobs/{id}/events (SSE), POST /api/jobs/{id}/cancel
+
+    // In the worker: the same statuses; the handler reports progress and a small result.
+    let worker = Worker::builder(broker, "reports")
+        .status(statuses)
+        .handler(
+            |order: FulfilOrder, ctx: longshore::JobContext| async move {
+                ctx.progress(0.4, "resized 4 of 10");
+                ctx.set_result(&serde_json::json!({ "charged": order.cents }))?;
+                Ok::<_, JobError>(())
+            },
+        )
+        .build()?;
+    // --- end ---
+    drop((id, api, worker));
+    Ok(())
+}

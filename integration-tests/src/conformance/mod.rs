@@ -9,6 +9,7 @@ pub mod leases;
 pub mod schedules;
 pub mod scope;
 pub mod settlement;
+pub mod status;
 pub mod worker;
 
 use std::sync::Arc;

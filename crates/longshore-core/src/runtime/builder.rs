@@ -18,6 +18,8 @@ use crate::names::{JobName, QueueName};
 use crate::retry::RetryPolicy;
 use crate::schedule::{Schedule, ScheduleError, Scheduler, Tz};
 use crate::scope::{Factory, Requirement, Root, check_dependencies};
+use crate::status::JobStatuses;
+use crate::status::tracking::Cancels;
 use crate::telemetry::Telemetry;
 
 /// How long the broker may take to settle a delivery before the runtime gives up on it;
@@ -95,6 +97,8 @@ pub struct WorkerBuilder {
     requirements: Vec<(JobName, Vec<Requirement>)>,
     layers: Vec<Arc<dyn Layer>>,
     telemetry: Option<Arc<dyn Telemetry>>,
+    statuses: Option<JobStatuses>,
+    worker_name: Option<String>,
     dispose_timeout: Duration,
     duplicate: Option<JobName>,
     concurrency: usize,
@@ -120,6 +124,8 @@ impl WorkerBuilder {
             requirements: Vec::new(),
             layers: Vec::new(),
             telemetry: None,
+            statuses: None,
+            worker_name: None,
             dispose_timeout: Duration::from_secs(30),
             duplicate: None,
             concurrency: 16,
@@ -209,6 +215,20 @@ impl WorkerBuilder {
         E: Into<JobError> + 'static,
     {
         self.root.scoped_with_disposer(factory, disposer);
+        self
+    }
+
+    /// Tracks job status in `statuses` (see [`crate::status`]): the jobs a producer with
+    /// the same statuses enqueued move through running, retrying and their end, report
+    /// progress and results, can be cancelled, and are not run again once they succeeded.
+    pub fn status(mut self, statuses: JobStatuses) -> Self {
+        self.statuses = Some(statuses);
+        self
+    }
+
+    /// The name this worker gives itself in job statuses. Default: `<host>:<pid>`.
+    pub fn worker_name(mut self, name: impl Into<String>) -> Self {
+        self.worker_name = Some(name.into());
         self
     }
 
@@ -365,12 +385,18 @@ impl WorkerBuilder {
                 (name, Arc::new(registration))
             })
             .collect();
+        let cancels = Arc::new(Cancels::default());
+        let worker_name = self.worker_name.unwrap_or_else(default_worker_name);
         let layers = pipeline::stack(
             StackOptions {
                 system: self.broker.system(),
                 telemetry: self.telemetry.clone(),
                 dispose_timeout: self.dispose_timeout,
                 settle_timeout: SETTLE_TIMEOUT,
+                status: self
+                    .statuses
+                    .clone()
+                    .map(|statuses| (statuses, Arc::clone(&cancels), worker_name)),
             },
             self.layers,
         );
@@ -395,6 +421,7 @@ impl WorkerBuilder {
                 layers,
                 stats,
                 deadline: Arc::new(CancellationToken::new()),
+                statuses: self.statuses,
             }),
             broker: self.broker,
             queue: self.queue,
@@ -406,6 +433,18 @@ impl WorkerBuilder {
             shutdown: Shutdown::default(),
             scheduler,
             telemetry: self.telemetry,
+            cancels,
         })
     }
+}
+
+/// `<host>:<pid>`: the host from the kernel (or `HOSTNAME`), the process id.
+fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}:{}", std::process::id())
 }

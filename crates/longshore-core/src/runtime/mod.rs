@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{Broker, BrokerError, ConsumeOptions, IntoBroker, QueueOptions, Topology};
@@ -66,6 +67,8 @@ pub struct Worker {
     health: Health,
     scheduler: Option<crate::schedule::Scheduler>,
     telemetry: Option<Arc<dyn Telemetry>>,
+    /// Cancellation requests of tracked jobs, kept by the status watch.
+    cancels: Arc<crate::status::tracking::Cancels>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -140,6 +143,40 @@ impl Worker {
             }
         }
 
+        // Job status: cancellation requests, and expired statuses deleted now and then.
+        let status_tasks = CancellationToken::new();
+        if let Some(statuses) = &self.shared.statuses {
+            // Open requests are known before the first delivery, so a job cancelled while
+            // it waited in the queue is never started.
+            let first = tokio::time::timeout(
+                Duration::from_secs(5),
+                crate::status::tracking::subscribe(statuses, &self.queue, &self.cancels),
+            )
+            .await;
+            let first = match first {
+                Ok(Ok(notices)) => Some(notices),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "cannot read job cancellations at start-up; watching for them from now on");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "the job status store did not answer within 5 s at start-up; watching for cancellations from now on"
+                    );
+                    None
+                }
+            };
+            tokio::spawn(crate::status::tracking::watch(
+                statuses.clone(),
+                self.queue.clone(),
+                Arc::clone(&self.cancels),
+                status_tasks.clone(),
+                first,
+            ));
+            tokio::spawn(purge_expired(statuses.clone(), status_tasks.clone()));
+        }
+        let _status_tasks = status_tasks.drop_guard();
+
         let Shutdown {
             graceful,
             immediate,
@@ -207,6 +244,14 @@ impl Worker {
         if let Some(telemetry) = telemetry {
             telemetry.worker_stopped(&self.queue);
         }
+        if let Some(statuses) = &self.shared.statuses
+            && !immediate_stop
+            && !statuses.flush(Duration::from_secs(5)).await
+        {
+            tracing::warn!(
+                "job status changes not written within 5 s; the store is behind or down"
+            );
+        }
         if let Some(mut scheduler) = scheduler {
             // Releasing a lease is one broker call; a broker that does not answer lets the
             // lease expire instead of holding the worker up.
@@ -221,6 +266,23 @@ impl Worker {
         }
         tracing::info!(?report, "worker stopped");
         Ok(report)
+    }
+}
+
+/// Deletes expired job statuses every minute (a no-op for stores that expire entries
+/// themselves), until `stop`.
+async fn purge_expired(statuses: crate::status::JobStatuses, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match statuses.store().purge_expired().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::debug!(purged, "expired job statuses deleted"),
+            Err(error) => tracing::debug!(%error, "could not delete expired job statuses"),
+        }
     }
 }
 

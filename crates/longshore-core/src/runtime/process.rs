@@ -12,6 +12,8 @@ use crate::delivery::Delivery;
 use crate::message::headers;
 use crate::names::JobName;
 use crate::scope::{Root, Scope};
+use crate::status::JobStatuses;
+use crate::status::tracking::Tracked;
 
 /// What every job task of a worker shares.
 pub(crate) struct Shared {
@@ -23,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<WorkerStats>,
     /// Cancelled when the shutdown deadline passes: running jobs stop and are released.
     pub(crate) deadline: Arc<CancellationToken>,
+    /// Job statuses, when the worker tracks them.
+    pub(crate) statuses: Option<JobStatuses>,
 }
 
 /// Runs one delivery through the layer stack to its settlement.
@@ -33,7 +37,7 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
         Some(registration) => Ok(Arc::clone(registration)),
         None => Err(unknown_job_reason(&message.job, &shared.registry)),
     };
-    let context = JobContext::new(
+    let mut context = JobContext::new(
         message.id.clone(),
         message.job.clone(),
         delivery.queue().clone(),
@@ -42,6 +46,12 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
         Arc::new(message.headers.clone()),
         Arc::clone(&shared.deadline),
     );
+    if let Some(statuses) = &shared.statuses
+        && message.headers.contains_key(headers::STATUS)
+    {
+        let tracked = Tracked::new(statuses.clone(), message.id.clone());
+        context = context.tracked(Arc::new(tracked));
+    }
     let scope = Scope::new(Arc::clone(&shared.root), context);
     let mut job = JobRequest::new(scope, delivery, registration);
     let outcome = Next::stack(&shared.layers).run(&mut job).await;

@@ -12,6 +12,7 @@ pub struct WorkerStats {
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     released: AtomicU64,
+    skipped: AtomicU64,
     abandoned: AtomicU64,
     in_flight: AtomicU64,
 }
@@ -29,6 +30,8 @@ pub struct StatsSnapshot {
     pub dead_lettered: u64,
     /// Deliveries handed back untouched (shutdown).
     pub released: u64,
+    /// Jobs acked without running: cancelled, or succeeded already (a redelivery).
+    pub skipped: u64,
     /// Attempts this worker could not settle: the lease was lost, or the broker did not take
     /// the settlement. The broker redelivers them.
     pub abandoned: u64,
@@ -54,6 +57,7 @@ impl WorkerStats {
             Some(Outcome::Retried { .. }) => &self.retried,
             Some(Outcome::DeadLettered { .. }) => &self.dead_lettered,
             Some(Outcome::Released) => &self.released,
+            Some(Outcome::Skipped { .. }) => &self.skipped,
             Some(Outcome::Abandoned { .. } | Outcome::Failed(_)) | None => &self.abandoned,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -68,6 +72,7 @@ impl WorkerStats {
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             released: self.released.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
             abandoned: self.abandoned.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
         }

@@ -3,7 +3,7 @@
 //! the message headers, so Jaeger shows checkout → send → process → the job's own spans.
 
 use longshore::{Producer, QueueOptions};
-use longshore_example_orders::{FulfilOrder, broker_url, number, queue};
+use longshore_example_orders::{FulfilOrder, broker_url, number, queue, setting, statuses};
 use tracing::Instrument;
 
 #[tokio::main]
@@ -14,7 +14,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     broker
         .declare(&queue.as_str().into(), &QueueOptions::default())
         .await?;
-    let producer = Producer::new(broker, queue.as_str()).with_telemetry(telemetry.hooks());
+    let mut producer = Producer::new(broker, queue.as_str()).with_telemetry(telemetry.hooks());
+    let statuses = statuses().await?;
+    if let Some(statuses) = &statuses {
+        producer = producer.with_status(statuses.clone());
+    }
+    let status_api = setting("LONGSHORE_STATUS_PUBLIC", "http://localhost:8081");
     let orders = number("ORDERS", 10)?;
     for order in 1..=orders {
         let job = FulfilOrder {
@@ -27,6 +32,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .instrument(tracing::info_span!("checkout", order))
             .await?;
         tracing::info!(order, %id, %queue, "order enqueued");
+        if statuses.is_some() {
+            println!("order {order}: job {id}; watch it: curl -N {status_api}/jobs/{id}/events");
+        }
     }
     telemetry.shutdown();
     Ok(())

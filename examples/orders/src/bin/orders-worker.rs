@@ -1,6 +1,8 @@
 //! The example worker: fulfils orders with a per-job unit of work, exports a span per job
 //! (continuing the producer's trace) with the job's own child spans, and serves
-//! `/healthz`, `/readyz` and `/metrics`. Stops gracefully on SIGTERM (`docker stop`).
+//! `/healthz`, `/readyz` and `/metrics`; with a job status store, it reports each order's
+//! progress and serves `/jobs/{id}` and `/jobs/{id}/events` on `LONGSHORE_STATUS_ADDR`.
+//! Stops gracefully on SIGTERM (`docker stop`).
 //!
 //! `orders-worker healthcheck` asks the running worker's `/readyz` and exits 0 when ready:
 //! a container health check that needs no curl in the image.
@@ -9,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use longshore::{Dep, JobContext, JobError, QueueOptions, Worker};
-use longshore_example_orders::{FulfilOrder, broker_url, number, queue, setting};
+use longshore_example_orders::{FulfilOrder, broker_url, number, queue, setting, statuses};
 use tracing::Instrument;
 
 /// Process-wide: the stock and payment systems (here: counters).
@@ -42,7 +44,8 @@ async fn fulfil(
         items = order.items.len()
     ))
     .await;
-    async {
+    ctx.progress(0.5, "stock reserved");
+    let charged = async {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if order.order % 10 == 7 && ctx.attempt.get() == 1 {
             return Err(JobError::retryable("payment provider busy (HTTP 503)"));
@@ -53,7 +56,11 @@ async fn fulfil(
         Ok(())
     }
     .instrument(tracing::info_span!("charge card", cents = order.cents))
-    .await
+    .await;
+    charged?;
+    ctx.progress(1.0, "card charged");
+    ctx.set_result(&serde_json::json!({ "charged_cents": order.cents }))?;
+    Ok(())
 }
 
 fn healthcheck() -> std::process::ExitCode {
@@ -86,8 +93,16 @@ async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     }
     let telemetry = longshore::otel::init()?;
     let broker = longshore::connect(broker_url()).await?;
-    let worker = Worker::builder(broker, queue())
-        .telemetry(telemetry.hooks())
+    let statuses = statuses().await?;
+    let mut builder = Worker::builder(broker, queue()).telemetry(telemetry.hooks());
+    let mut _status_api = None;
+    if let Some(statuses) = statuses {
+        let address = setting("LONGSHORE_STATUS_ADDR", "0.0.0.0:8081");
+        let router = longshore::http::router(statuses.clone());
+        _status_api = Some(longshore::http::serve(address, router).await?);
+        builder = builder.status(statuses);
+    }
+    let worker = builder
         .dependency(Backends::default())
         .scoped_with_disposer(
             |ctx: JobContext| async move {

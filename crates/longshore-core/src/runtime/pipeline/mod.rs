@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | [`telemetry`] | the job's span (continuing the producer's trace), telemetry hooks |
 //! | [`settle`] | settles the delivery by the outcome, within a timeout; catches panics of everything inside |
+//! | [`status`] | a tracked job's status follows the attempt; cancelled and already-succeeded jobs are skipped (with a status store) |
 //! | [`classify`] | a failure becomes a retry after the policy's delay, or a dead letter |
 //! | your layers | [`WorkerBuilder::layer`](crate::WorkerBuilder::layer), in the order added |
 //! | [`scope`] | disposes the job's scope (commit or roll back) after the attempt; a failed disposer fails it |
@@ -19,6 +20,7 @@ mod classify;
 mod panic;
 mod scope;
 mod settle;
+mod status;
 mod telemetry;
 mod timeout;
 
@@ -34,6 +36,8 @@ use crate::job::JobError;
 use crate::outcome::Outcome;
 use crate::retry::RetryPolicy;
 use crate::scope::Scope;
+use crate::status::JobStatuses;
+use crate::status::tracking::Cancels;
 use crate::telemetry::Telemetry;
 
 /// One step of the per-job path around the handler call: it gets the job's request and the
@@ -200,6 +204,8 @@ pub(crate) struct StackOptions {
     pub(crate) telemetry: Option<Arc<dyn Telemetry>>,
     pub(crate) dispose_timeout: Duration,
     pub(crate) settle_timeout: Duration,
+    /// Job status tracking: the statuses, this worker's cancellation requests, its name.
+    pub(crate) status: Option<(JobStatuses, Arc<Cancels>, String)>,
 }
 
 /// The whole stack: the built-in layers around the user's, in the order of the table above.
@@ -212,8 +218,15 @@ pub(crate) fn stack(options: StackOptions, user: Vec<Arc<dyn Layer>>) -> Arc<[Ar
         Arc::new(settle::SettleLayer {
             timeout: options.settle_timeout,
         }),
-        Arc::new(classify::ClassifyLayer),
     ];
+    if let Some((statuses, cancels, worker)) = options.status {
+        layers.push(Arc::new(status::StatusLayer {
+            statuses,
+            cancels,
+            worker,
+        }));
+    }
+    layers.push(Arc::new(classify::ClassifyLayer));
     layers.extend(user);
     layers.push(Arc::new(scope::ScopeLayer {
         timeout: options.dispose_timeout,

@@ -12,9 +12,9 @@ use crate::delivery::Settlement;
 use crate::job::JobError;
 use crate::outcome::Outcome;
 
-/// Settles the delivery by the outcome of everything inside: `Succeeded` → ack, `Retried`
-/// → retry after its delay, `DeadLettered` → dead-letter with the reason, `Released` →
-/// release, `Abandoned` → nothing (the broker redelivers). A panic of a layer inside is a
+/// Settles the delivery by the outcome of everything inside: `Succeeded` and `Skipped` →
+/// ack, `Retried` → retry after its delay, `DeadLettered` → dead-letter with the reason,
+/// `Released` → release, `Abandoned` → nothing (the broker redelivers). A panic of a layer inside is a
 /// failed attempt; a settlement the broker refuses or does not answer within `timeout`
 /// leaves the message to the broker's redelivery (at least once), `Abandoned`.
 pub(super) struct SettleLayer {
@@ -30,7 +30,7 @@ impl Layer for SettleLayer {
             Err(panic) => classify(job, &JobError::panicked("a layer", panic.as_ref())),
         };
         let settlement = match &outcome {
-            Outcome::Succeeded => Settlement::Ack,
+            Outcome::Succeeded | Outcome::Skipped { .. } => Settlement::Ack,
             Outcome::Retried { delay, .. } => Settlement::Retry { delay: *delay },
             Outcome::DeadLettered { reason } => Settlement::DeadLetter {
                 reason: reason.clone(),

@@ -1,0 +1,411 @@
+//! The status of a job, as stores keep it and the HTTP API shows it, and the changes that
+//! move it.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::names::{JobName, MessageId, QueueName};
+
+/// Where a job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Enqueued (or handed back), waiting for a worker; `due_at` says when a delayed job is due.
+    Queued,
+    /// A worker runs it.
+    Running,
+    /// An attempt failed; it runs again at `due_at`.
+    Retrying,
+    /// Done (finished).
+    Succeeded,
+    /// Given up; `error` says why (finished).
+    DeadLettered,
+    /// Cancelled by request (finished).
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job is over: succeeded, dead-lettered or cancelled.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::DeadLettered | JobState::Cancelled
+        )
+    }
+
+    /// The state's name in JSON and in stores: `queued`, `running`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Retrying => "retrying",
+            JobState::Succeeded => "succeeded",
+            JobState::DeadLettered => "dead_lettered",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// How far a running job is, as its handler reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Done so far, from 0 to 1.
+    pub fraction: f64,
+    /// A short message for people (`resized 4 of 10`).
+    pub message: String,
+}
+
+/// The status of one job.
+///
+/// In JSON (what `GET /jobs/{id}` returns; times are RFC 3339 in UTC):
+///
+/// ```json
+/// {"id":"0192…","job":"resize","queue":"images","state":"running","seq":3,"attempt":1,
+///  "enqueued_at":"2026-12-01T10:00:00.000Z","due_at":null,"started_at":"2026-12-01T10:00:00.120Z",
+///  "finished_at":null,"updated_at":"2026-12-01T10:00:01.500Z","worker":"web-1:4242",
+///  "error":null,"progress":{"fraction":0.4,"message":"resized 4 of 10"},"result":null,
+///  "cancel_requested":false,"unique_key":null,"expires_at":"2026-12-08T10:00:00.000Z"}
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The job's id (its message id).
+    pub id: MessageId,
+    /// The job name.
+    pub job: JobName,
+    /// The queue it was enqueued on.
+    pub queue: QueueName,
+    /// Where it is.
+    pub state: JobState,
+    /// The sequence number of its latest change (1 when enqueued).
+    pub seq: u64,
+    /// The attempt running or last run (0 before the first).
+    pub attempt: u32,
+    /// When it was enqueued.
+    #[serde(with = "time")]
+    pub enqueued_at: SystemTime,
+    /// When a queued job is due, or a retrying job runs again.
+    #[serde(with = "time::option", default)]
+    pub due_at: Option<SystemTime>,
+    /// When its latest attempt started.
+    #[serde(with = "time::option", default)]
+    pub started_at: Option<SystemTime>,
+    /// When it finished.
+    #[serde(with = "time::option", default)]
+    pub finished_at: Option<SystemTime>,
+    /// When its status last changed.
+    #[serde(with = "time")]
+    pub updated_at: SystemTime,
+    /// The worker that runs it or ran it last (`host:pid`).
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// Why the latest attempt failed, or why it was dead-lettered.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Its handler's latest progress report.
+    #[serde(default)]
+    pub progress: Option<Progress>,
+    /// What its handler left as the result.
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// Whether its cancellation was asked for.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// The unique key it was enqueued with.
+    #[serde(default)]
+    pub unique_key: Option<String>,
+    /// When the store forgets it if nothing changes it again.
+    #[serde(with = "time")]
+    pub expires_at: SystemTime,
+}
+
+impl JobStatus {
+    /// The status of a job about to be enqueued: queued, `seq` 1.
+    pub fn queued(
+        id: MessageId,
+        job: JobName,
+        queue: QueueName,
+        due_at: Option<SystemTime>,
+        unique_key: Option<String>,
+        expires_at: SystemTime,
+    ) -> Self {
+        let now = SystemTime::now();
+        Self {
+            id,
+            job,
+            queue,
+            state: JobState::Queued,
+            seq: 1,
+            attempt: 0,
+            enqueued_at: now,
+            due_at,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+            worker: None,
+            error: None,
+            progress: None,
+            result: None,
+            cancel_requested: false,
+            unique_key,
+            expires_at,
+        }
+    }
+
+    /// The status after `patch`, with sequence number `seq`: what every store computes
+    /// (stores that cannot run Rust compute the same in their own language).
+    pub fn merged(
+        &self,
+        patch: &Map<String, Value>,
+        seq: u64,
+    ) -> Result<JobStatus, serde_json::Error> {
+        let mut value = serde_json::to_value(self)?;
+        if let Value::Object(fields) = &mut value {
+            for (name, field) in patch {
+                fields.insert(name.clone(), field.clone());
+            }
+            fields.insert("seq".into(), Value::from(seq));
+        }
+        serde_json::from_value(value)
+    }
+}
+
+/// One change to one job's status: a JSON merge of the fields that change, and when the
+/// status expires after it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    /// The job.
+    pub id: MessageId,
+    /// The fields that change (top-level; `null` clears one), `updated_at` and
+    /// `expires_at` included.
+    pub patch: Map<String, Value>,
+    /// When the status expires after this change.
+    pub expires_at: SystemTime,
+}
+
+impl Change {
+    /// A change of job `id` by `patch`, made now, after which it expires at `expires_at`.
+    pub fn new(id: MessageId, mut patch: Map<String, Value>, expires_at: SystemTime) -> Self {
+        patch.insert("updated_at".into(), time::value(SystemTime::now()));
+        patch.insert("expires_at".into(), time::value(expires_at));
+        Self {
+            id,
+            patch,
+            expires_at,
+        }
+    }
+
+    /// The state this change moves the job to, if it moves it.
+    pub fn state(&self) -> Option<JobState> {
+        serde_json::from_value(self.patch.get("state")?.clone()).ok()
+    }
+}
+
+/// The patches of the changes the runtime, handlers and the API make.
+pub mod patch {
+    use std::time::SystemTime;
+
+    use serde_json::{Map, Value, json};
+
+    use super::{JobState, Progress, time};
+
+    fn object(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
+    /// Attempt `attempt` started on `worker`.
+    pub fn running(attempt: u32, worker: &str) -> Map<String, Value> {
+        object(json!({
+            "state": JobState::Running,
+            "attempt": attempt,
+            "worker": worker,
+            "started_at": time::value(SystemTime::now()),
+            "due_at": null,
+            "progress": null,
+        }))
+    }
+
+    /// Attempt `attempt` failed with `error`; the next runs at `next_try_at`.
+    pub fn retrying(attempt: u32, error: &str, next_try_at: SystemTime) -> Map<String, Value> {
+        object(json!({
+            "state": JobState::Retrying,
+            "attempt": attempt,
+            "error": error,
+            "due_at": time::value(next_try_at),
+        }))
+    }
+
+    /// Succeeded, leaving `result`.
+    pub fn succeeded(result: Option<&Value>) -> Map<String, Value> {
+        object(json!({
+            "state": JobState::Succeeded,
+            "finished_at": time::value(SystemTime::now()),
+            "result": result,
+            "error": null,
+            "due_at": null,
+        }))
+    }
+
+    /// Dead-lettered for `reason`.
+    pub fn dead_lettered(reason: &str) -> Map<String, Value> {
+        object(json!({
+            "state": JobState::DeadLettered,
+            "finished_at": time::value(SystemTime::now()),
+            "error": reason,
+            "due_at": null,
+        }))
+    }
+
+    /// Cancelled as asked.
+    pub fn cancelled() -> Map<String, Value> {
+        object(json!({
+            "state": JobState::Cancelled,
+            "finished_at": time::value(SystemTime::now()),
+            "due_at": null,
+        }))
+    }
+
+    /// Handed back to the queue (shutdown), due again now.
+    pub fn requeued() -> Map<String, Value> {
+        object(json!({ "state": JobState::Queued, "due_at": null }))
+    }
+
+    /// The handler's progress.
+    pub fn progress(progress: &Progress) -> Map<String, Value> {
+        object(json!({ "progress": progress }))
+    }
+
+    /// Its cancellation was asked for.
+    pub fn cancel_requested() -> Map<String, Value> {
+        object(json!({ "cancel_requested": true }))
+    }
+}
+
+/// Times as RFC 3339 strings in UTC, with milliseconds.
+pub(crate) mod time {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::Value;
+
+    /// `time` as an RFC 3339 string.
+    pub(crate) fn text(time: SystemTime) -> String {
+        chrono::DateTime::<chrono::Utc>::from(time)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+
+    /// `time` as a JSON string.
+    pub(crate) fn value(time: SystemTime) -> Value {
+        Value::from(text(time))
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<SystemTime> {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|time| SystemTime::from(time.with_timezone(&chrono::Utc)))
+    }
+
+    pub(crate) fn serialize<S: Serializer>(
+        time: &SystemTime,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&text(*time))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: `{text}`")))
+    }
+
+    pub(crate) mod option {
+        use std::time::SystemTime;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub(crate) fn serialize<S: Serializer>(
+            time: &Option<SystemTime>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match time {
+                Some(time) => serializer.serialize_str(&super::text(*time)),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
+            match Option::<String>::deserialize(deserializer)? {
+                Some(text) => super::parse(&text).map(Some).ok_or_else(|| {
+                    serde::de::Error::custom(format!("not an RFC 3339 time: `{text}`"))
+                }),
+                None => Ok(None),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::message::unix_millis as millis;
+
+    #[test]
+    fn statuses_round_trip_through_json_with_rfc3339_times() {
+        let status = JobStatus::queued(
+            MessageId::new("m1"),
+            JobName::new("resize"),
+            QueueName::new("images"),
+            None,
+            Some("user-7".into()),
+            UNIX_EPOCH + Duration::from_millis(1_800_000_000_123),
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["state"], "queued");
+        assert_eq!(json["expires_at"], "2027-01-15T08:00:00.123Z");
+        assert_eq!(json["due_at"], Value::Null);
+        let back: JobStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(millis(back.enqueued_at), millis(status.enqueued_at));
+        assert_eq!(back.unique_key.as_deref(), Some("user-7"));
+    }
+
+    #[test]
+    fn a_merge_changes_only_the_patched_fields() {
+        let status = JobStatus::queued(
+            MessageId::new("m1"),
+            JobName::new("resize"),
+            QueueName::new("images"),
+            None,
+            None,
+            SystemTime::now(),
+        );
+        let running = status.merged(&patch::running(1, "w:1"), 2).unwrap();
+        assert_eq!(
+            (running.state, running.seq, running.attempt),
+            (JobState::Running, 2, 1)
+        );
+        assert_eq!(running.worker.as_deref(), Some("w:1"));
+        let progress = Progress {
+            fraction: 0.5,
+            message: "half".into(),
+        };
+        let half = running.merged(&patch::progress(&progress), 3).unwrap();
+        assert_eq!(half.state, JobState::Running);
+        assert_eq!(half.progress, Some(progress));
+        let done = half
+            .merged(&patch::succeeded(Some(&serde_json::json!({"pages": 3}))), 4)
+            .unwrap();
+        assert!(done.state.is_finished());
+        assert_eq!(done.result, Some(serde_json::json!({"pages": 3})));
+        assert_eq!(done.progress, half.progress, "the last progress stays");
+    }
+}

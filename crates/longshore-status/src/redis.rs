@@ -1,0 +1,334 @@
+//! [`RedisStatusStore`]: job statuses in Redis (6.2 or later), on the `redis` crate with a
+//! connection manager (reconnects by itself).
+//!
+//! Keys (`<prefix>` is `longshore:` unless set):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `<prefix>job:<id>` | hash | the status: one field per JSON field, each value JSON text |
+//! | `<prefix>events:<id>` | list | every version of the status as JSON, oldest first (index = seq − 1) |
+//! | `<prefix>unique:<key>` | string | the id of the unfinished job holding a unique key |
+//! | `<prefix>cancels:<queue>` | set | unfinished jobs of a queue whose cancellation was asked for |
+//! | `<prefix>notices` | channel | `<id> <seq> <c\|->` for every change |
+//!
+//! Every key of a job expires with it (`PEXPIREAT`): Redis removes statuses itself. Changes
+//! are applied by one Lua script per batch; values are kept as the JSON text Rust wrote, so
+//! no number in a result is rounded. Redis Cluster is not supported (the scripts touch keys
+//! they derive).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use longshore_core::status::{Change, Created, JobStatus, Notice, StatusError, StatusStore};
+use longshore_core::{MessageId, QueueName};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Client, Script};
+use serde_json::{Map, Value};
+
+const CREATE: &str = r#"
+local p, id, expire_at, key, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local job = p .. 'job:' .. id
+if key ~= '' then
+  local ukey = p .. 'unique:' .. key
+  local holder = redis.call('GET', ukey)
+  if holder and holder ~= id then
+    local state = redis.call('HGET', p .. 'job:' .. holder, 'state')
+    if state == '"queued"' or state == '"running"' or state == '"retrying"' then
+      return holder
+    end
+  end
+  redis.call('SET', ukey, id, 'PXAT', expire_at)
+end
+if redis.call('EXISTS', job) == 1 then
+  return ''
+end
+local parts = {}
+for i = 6, #ARGV, 2 do
+  redis.call('HSET', job, ARGV[i], ARGV[i + 1])
+  parts[#parts + 1] = cjson.encode(ARGV[i]) .. ':' .. ARGV[i + 1]
+end
+redis.call('PEXPIREAT', job, expire_at)
+local events = p .. 'events:' .. id
+redis.call('DEL', events)
+redis.call('RPUSH', events, '{' .. table.concat(parts, ',') .. '}')
+redis.call('PEXPIREAT', events, expire_at)
+redis.call('PUBLISH', channel, id .. ' 1 -')
+return ''
+"#;
+
+const APPLY: &str = r#"
+local p, channel = ARGV[1], ARGV[2]
+local i = 3
+while i <= #ARGV do
+  local id, expire_at, fields = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local job = p .. 'job:' .. id
+  if redis.call('EXISTS', job) == 1 then
+    for f = 0, fields - 1 do
+      redis.call('HSET', job, ARGV[i + 3 + 2 * f], ARGV[i + 4 + 2 * f])
+    end
+    local seq = redis.call('HINCRBY', job, 'seq', 1)
+    redis.call('PEXPIREAT', job, expire_at)
+    local all = redis.call('HGETALL', job)
+    local parts = {}
+    for a = 1, #all, 2 do
+      parts[#parts + 1] = cjson.encode(all[a]) .. ':' .. all[a + 1]
+    end
+    local events = p .. 'events:' .. id
+    redis.call('RPUSH', events, '{' .. table.concat(parts, ',') .. '}')
+    redis.call('PEXPIREAT', events, expire_at)
+    local state = redis.call('HGET', job, 'state')
+    local finished = state == '"succeeded"' or state == '"dead_lettered"' or state == '"cancelled"'
+    local cancel = redis.call('HGET', job, 'cancel_requested') == 'true' and not finished
+    local cancels = p .. 'cancels:' .. cjson.decode(redis.call('HGET', job, 'queue'))
+    if cancel then
+      redis.call('SADD', cancels, id)
+      redis.call('PEXPIREAT', cancels, expire_at, 'NX')
+      redis.call('PEXPIREAT', cancels, expire_at, 'GT')
+    else
+      redis.call('SREM', cancels, id)
+    end
+    local key = redis.call('HGET', job, 'unique_key')
+    if key and key ~= 'null' then
+      local ukey = p .. 'unique:' .. cjson.decode(key)
+      if redis.call('GET', ukey) == id then
+        if finished then
+          redis.call('DEL', ukey)
+        else
+          redis.call('PEXPIREAT', ukey, expire_at)
+        end
+      end
+    end
+    local flag = '-'
+    if cancel then
+      flag = 'c'
+    end
+    redis.call('PUBLISH', channel, id .. ' ' .. seq .. ' ' .. flag)
+  end
+  i = i + 3 + 2 * fields
+end
+return 0
+"#;
+
+/// Job statuses in Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStatusStore {
+    client: Client,
+    connection: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStatusStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStatusStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_error(error: redis::RedisError) -> StatusError {
+    StatusError::Store(Box::new(error))
+}
+
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
+}
+
+/// A status's fields as `(name, JSON text)` pairs.
+fn fields(value: &Map<String, Value>) -> Vec<(String, String)> {
+    value
+        .iter()
+        .map(|(name, value)| (name.clone(), value.to_string()))
+        .collect()
+}
+
+impl RedisStatusStore {
+    /// Connects to `url` (`redis://host:6379/0`), with keys under `longshore:`.
+    pub async fn connect(url: &str) -> Result<Self, StatusError> {
+        let client = Client::open(url).map_err(|error| {
+            StatusError::Store(format!("invalid Redis URL for job statuses: {error}").into())
+        })?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(5)));
+        let connection = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|error| {
+                StatusError::Store(
+                    format!("cannot connect to Redis for job statuses: {error}").into(),
+                )
+            })?;
+        Ok(Self {
+            client,
+            connection,
+            prefix: "longshore:".to_owned(),
+        })
+    }
+
+    /// Puts keys under `prefix` (say `myapp:longshore:`) instead of `longshore:`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    fn channel(&self) -> String {
+        format!("{}notices", self.prefix)
+    }
+
+    fn job_key(&self, id: &MessageId) -> String {
+        format!("{}job:{id}", self.prefix)
+    }
+}
+
+/// A status from its hash: `{"field": <JSON text>, ...}`.
+fn from_hash(hash: Vec<(String, String)>) -> Result<Option<JobStatus>, StatusError> {
+    if hash.is_empty() {
+        return Ok(None);
+    }
+    let mut object = Map::new();
+    for (name, text) in hash {
+        let value =
+            serde_json::from_str(&text).map_err(|error| StatusError::Store(Box::new(error)))?;
+        object.insert(name, value);
+    }
+    serde_json::from_value(Value::Object(object))
+        .map(Some)
+        .map_err(|error| StatusError::Store(Box::new(error)))
+}
+
+#[async_trait]
+impl StatusStore for RedisStatusStore {
+    async fn create(&self, status: &JobStatus) -> Result<Created, StatusError> {
+        let Value::Object(object) =
+            serde_json::to_value(status).map_err(|error| StatusError::Store(Box::new(error)))?
+        else {
+            return Err(StatusError::Store("a status is a JSON object".into()));
+        };
+        let script = Script::new(CREATE);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(status.id.as_str())
+            .arg(millis(status.expires_at))
+            .arg(status.unique_key.as_deref().unwrap_or(""))
+            .arg(self.channel());
+        for (name, text) in fields(&object) {
+            invocation.arg(name).arg(text);
+        }
+        let holder: String = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(if holder.is_empty() {
+            Created::New
+        } else {
+            Created::Existing(MessageId::from(holder))
+        })
+    }
+
+    async fn remove(&self, id: &MessageId) -> Result<(), StatusError> {
+        let mut connection = self.connection.clone();
+        let _: () = connection
+            .del(&[self.job_key(id), format!("{}events:{id}", self.prefix)])
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &MessageId) -> Result<Option<JobStatus>, StatusError> {
+        let hash: Vec<(String, String)> = self
+            .connection
+            .clone()
+            .hgetall(self.job_key(id))
+            .await
+            .map_err(store_error)?;
+        from_hash(hash)
+    }
+
+    async fn apply(&self, changes: &[Change]) -> Result<(), StatusError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let script = Script::new(APPLY);
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(&self.prefix).arg(self.channel());
+        for change in changes {
+            let fields = fields(&change.patch);
+            invocation
+                .arg(change.id.as_str())
+                .arg(millis(change.expires_at))
+                .arg(fields.len());
+            for (name, text) in fields {
+                invocation.arg(name).arg(text);
+            }
+        }
+        let _: i64 = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn events(&self, id: &MessageId, after: u64) -> Result<Vec<JobStatus>, StatusError> {
+        let start = isize::try_from(after).unwrap_or(isize::MAX);
+        let texts: Vec<String> = self
+            .connection
+            .clone()
+            .lrange(format!("{}events:{id}", self.prefix), start, -1)
+            .await
+            .map_err(store_error)?;
+        texts
+            .iter()
+            .map(|text| {
+                serde_json::from_str(text).map_err(|error| StatusError::Store(Box::new(error)))
+            })
+            .collect()
+    }
+
+    async fn cancel_requested(&self, queue: &QueueName) -> Result<Vec<MessageId>, StatusError> {
+        let ids: Vec<String> = self
+            .connection
+            .clone()
+            .smembers(format!("{}cancels:{queue}", self.prefix))
+            .await
+            .map_err(store_error)?;
+        Ok(ids.into_iter().map(MessageId::from).collect())
+    }
+
+    async fn notices(&self) -> Result<BoxStream<'static, Notice>, StatusError> {
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(store_error)?;
+        pubsub
+            .subscribe(self.channel())
+            .await
+            .map_err(store_error)?;
+        Ok(pubsub
+            .into_on_message()
+            .filter_map(|message| {
+                let payload: Option<String> = message.get_payload().ok();
+                std::future::ready(payload.as_deref().and_then(parse_notice))
+            })
+            .boxed())
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StatusError> {
+        // Every key expires by itself; a set member of an expired job goes when read.
+        Ok(0)
+    }
+}
+
+/// `<id> <seq> <c|->`.
+fn parse_notice(payload: &str) -> Option<Notice> {
+    let mut parts = payload.rsplitn(3, ' ');
+    let flag = parts.next()?;
+    let seq = parts.next()?.parse().ok()?;
+    let id = parts.next()?;
+    Some(Notice {
+        id: MessageId::new(id),
+        seq,
+        cancel_requested: flag == "c",
+    })
+}

@@ -1,0 +1,249 @@
+//! RabbitMQ: longshore against a raw lapin consume-and-ack loop on the same broker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use longshore::{Broker, JobError, QueueName, QueueOptions, Worker};
+
+use super::{Figure, Noop, noop, print, with_hooks};
+
+async fn fill(channel: &Channel, queue: &str, jobs: u64) {
+    let mut headers = FieldTable::default();
+    headers.insert("longshore-job".into(), AMQPValue::LongString("noop".into()));
+    let properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    for n in 0..jobs {
+        let body = format!(r#"{{"n":{n}}}"#);
+        // Pipelined: confirms are awaited together below.
+        let _confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                properties.clone(),
+            )
+            .await
+            .expect("publish");
+    }
+    channel.wait_for_confirms().await.expect("confirms");
+}
+
+async fn fresh_queue(broker: &Arc<dyn Broker>, queue: &QueueName, channel: &Channel, jobs: u64) {
+    broker.delete(queue).await.expect("delete");
+    broker
+        .declare(queue, &QueueOptions::default())
+        .await
+        .expect("declare");
+    fill(channel, queue.as_str(), jobs).await;
+}
+
+/// The raw loop: consume, decode, ack. `spawn: false` awaits each ack in turn (a serial
+/// handler); `spawn: true` hands each delivery to its own task that waits `work` and acks
+/// (concurrent handlers, bounded by the prefetch).
+async fn raw(
+    connection: &Connection,
+    queue: &QueueName,
+    jobs: u64,
+    prefetch: u16,
+    spawn: bool,
+    work: Duration,
+) -> Duration {
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let start = Instant::now();
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let done = Arc::new(AtomicU64::new(0));
+    let mut received = 0;
+    while received < jobs {
+        let delivery = consumer.next().await.expect("open").expect("delivery");
+        received += 1;
+        let _job: Noop = serde_json::from_slice(&delivery.data).expect("decode");
+        if spawn {
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                if !work.is_zero() {
+                    tokio::time::sleep(work).await;
+                }
+                delivery.ack(BasicAckOptions::default()).await.expect("ack");
+                done.fetch_add(1, Ordering::Relaxed);
+            });
+        } else {
+            delivery.ack(BasicAckOptions::default()).await.expect("ack");
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    while done.load(Ordering::Relaxed) < jobs {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let elapsed = start.elapsed();
+    drop(consumer);
+    let _ = channel.close(200, "done".into()).await;
+    elapsed
+}
+
+async fn io_job(_: Noop) -> Result<(), JobError> {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    Ok(())
+}
+
+async fn with_longshore(
+    broker: &Arc<dyn Broker>,
+    queue: &QueueName,
+    jobs: u64,
+    prefetch: u16,
+    concurrency: usize,
+    io: bool,
+) -> Duration {
+    let builder = with_hooks(Worker::builder(Arc::clone(broker), queue.clone()))
+        .prefetch(prefetch)
+        .concurrency(concurrency);
+    let worker = if io {
+        builder.handler(io_job)
+    } else {
+        builder.handler(noop)
+    }
+    .build()
+    .expect("build");
+    let (stats, shutdown) = (worker.stats(), worker.shutdown_handle());
+    let start = Instant::now();
+    let running = tokio::spawn(worker.run_until_stopped());
+    while stats.snapshot().succeeded < jobs {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let elapsed = start.elapsed();
+    shutdown.shutdown();
+    running.await.expect("join").expect("run");
+    elapsed
+}
+
+pub(super) fn url() -> String {
+    std::env::var("LONGSHORE_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub(super) async fn broker() -> Arc<dyn Broker> {
+    match longshore::amqp::AmqpBroker::connect(url().as_str()).await {
+        Ok(broker) => Arc::new(broker),
+        Err(error) => {
+            panic!("RabbitMQ is not reachable ({error}); start it with `rabbitmq-server -detached`")
+        }
+    }
+}
+
+/// A raw lapin connection and a confirming channel to fill queues with.
+async fn raw_publisher() -> (Connection, Channel) {
+    let connection = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .expect("raw connection");
+    let publisher = connection.create_channel().await.expect("channel");
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    (connection, publisher)
+}
+
+/// Best of three longshore runs on RabbitMQ: (no-op at prefetch 100, 5 ms I/O).
+pub(super) async fn longshore_only(jobs: u64) -> (Duration, Duration) {
+    let broker = broker().await;
+    let (_connection, publisher) = raw_publisher().await;
+    let queue = QueueName::new("longshore-bench-telemetry");
+    let mut best = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        fresh_queue(&broker, &queue, &publisher, jobs).await;
+        best.0 = best
+            .0
+            .min(with_longshore(&broker, &queue, jobs, 100, 100, false).await);
+        fresh_queue(&broker, &queue, &publisher, jobs / 2).await;
+        best.1 = best
+            .1
+            .min(with_longshore(&broker, &queue, jobs / 2, 100, 100, true).await);
+    }
+    broker.delete(&queue).await.expect("delete");
+    best
+}
+
+pub(super) async fn run(jobs: u64) {
+    let broker = broker().await;
+    let (connection, publisher) = raw_publisher().await;
+    let queue = QueueName::new("longshore-bench");
+
+    // Each configuration runs the raw loops and longshore back to back, three times,
+    // keeping the best of each, so all see the same broker state.
+    let cases: [(&str, u16, usize, Duration, u64); 3] = [
+        ("no-op, prefetch 100", 100, 100, Duration::ZERO, jobs),
+        ("no-op, prefetch 1000", 1000, 1000, Duration::ZERO, jobs),
+        (
+            "5 ms I/O job, prefetch 100",
+            100,
+            100,
+            Duration::from_millis(5),
+            jobs / 2,
+        ),
+    ];
+    for (label, prefetch, concurrency, work, jobs) in cases {
+        let mut best = [Duration::MAX; 3];
+        for _ in 0..3 {
+            if work.is_zero() {
+                fresh_queue(&broker, &queue, &publisher, jobs).await;
+                best[0] = best[0].min(raw(&connection, &queue, jobs, prefetch, false, work).await);
+            }
+            fresh_queue(&broker, &queue, &publisher, jobs).await;
+            best[1] = best[1].min(raw(&connection, &queue, jobs, prefetch, true, work).await);
+            fresh_queue(&broker, &queue, &publisher, jobs).await;
+            best[2] = best[2].min(
+                with_longshore(
+                    &broker,
+                    &queue,
+                    jobs,
+                    prefetch,
+                    concurrency,
+                    !work.is_zero(),
+                )
+                .await,
+            );
+        }
+        let mut figures = Vec::new();
+        if work.is_zero() {
+            figures.push(Figure {
+                label: format!("rabbitmq {label}: raw lapin, ack awaited in turn"),
+                jobs,
+                elapsed: best[0],
+            });
+        }
+        figures.push(Figure {
+            label: format!("rabbitmq {label}: raw lapin, a task per delivery"),
+            jobs,
+            elapsed: best[1],
+        });
+        figures.push(Figure {
+            label: format!("rabbitmq {label}: longshore, concurrency {concurrency}"),
+            jobs,
+            elapsed: best[2],
+        });
+        let baseline = figures.len() - 2;
+        print(&figures, &figures[baseline]);
+    }
+    broker.delete(&queue).await.expect("delete");
+}
