@@ -6,7 +6,8 @@
 #   docker build -t longshore-orders .
 #   docker run --rm -e LONGSHORE_URL=amqp://guest:guest@host.docker.internal:5672/%2f longshore-orders
 #
-# The same image runs the producer: --entrypoint orders-producer.
+# The same image runs the producer (--entrypoint orders-producer) and the `longshore`
+# command (--entrypoint longshore).
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
@@ -14,20 +15,20 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p longshore-example-orders --bins \
+    cargo build --release --locked -p longshore-example-orders -p longshore-cli --bins \
     && mkdir -p /out \
-    && cp target/release/orders-worker target/release/orders-producer /out/
+    && cp target/release/orders-worker target/release/orders-producer target/release/longshore /out/
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin longshore
-COPY --from=build /out/orders-worker /out/orders-producer /usr/local/bin/
+COPY --from=build /out/orders-worker /out/orders-producer /out/longshore /usr/local/bin/
 USER 10001:10001
 ENV LONGSHORE_HEALTH_ADDR=0.0.0.0:8080 \
     RUST_LOG=info
-EXPOSE 8080
+EXPOSE 8080 8081
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=6s --start-period=10s --retries=3 \
     CMD ["/usr/local/bin/orders-worker", "healthcheck"]

@@ -27,9 +27,11 @@ apt_install() {
 }
 
 # RabbitMQ on 127.0.0.1:5672 (guest/guest): started (and installed) if it is not running.
-# The package is installed either way: tests that stop a broker start nodes of their own.
+# The package is installed either way: tests that stop a broker start nodes of their own
+# (and the TLS test makes their certificates with openssl).
 ensure_rabbitmq() {
   command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  command -v openssl >/dev/null || apt_install openssl
   if port_open 127.0.0.1 5672; then
     log "RabbitMQ is up on 127.0.0.1:5672"
     return
@@ -75,6 +77,17 @@ ensure_redis() {
     wait_for "Redis on 127.0.0.1:6379" 30 port_open 127.0.0.1 6379
   fi
   log "Redis is up on 127.0.0.1:6379"
+}
+
+# A headless browser for the dashboard test: Debian's chromium and its WebDriver
+# (chromedriver), installed if missing. Exports CHROMEDRIVER and CHROMIUM for the test.
+ensure_browser() {
+  if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+    apt_install chromium chromium-driver
+  fi
+  export CHROMEDRIVER=${CHROMEDRIVER:-$(command -v chromedriver)}
+  export CHROMIUM=${CHROMIUM:-$(command -v chromium)}
+  log "a headless browser: $("$CHROMIUM" --version 2>/dev/null | head -n 1)"
 }
 
 SQS_PORT=4566

@@ -3,6 +3,9 @@
 //! [`conformance`] holds the behaviour every broker shares, written once; each file in
 //! `tests/` runs it against one broker (memory, RabbitMQ, SQS) with the suite macros.
 
+pub mod browser;
+pub mod chaos;
+pub mod cli;
 pub mod conformance;
 pub mod harness;
 pub mod otlp;

@@ -10,6 +10,77 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// A node's TLS listener.
+#[derive(Debug)]
+pub struct Tls {
+    /// Its port on 127.0.0.1 (the certificate names `localhost` and 127.0.0.1).
+    pub port: u16,
+    /// The certificate authority that signed its certificate, PEM.
+    pub ca_pem: String,
+}
+
+/// A CA (`ca.pem`) and a server key and certificate for `localhost` / 127.0.0.1 signed by it
+/// (`server.key`, `server.pem`), in `dir`.
+fn make_certificates(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let output = run(Command::new("openssl").args(args).current_dir(dir));
+        assert!(
+            output.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=longshore test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\nextendedKeyUsage = serverAuth\n",
+    )
+    .expect("the certificate's extensions");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+}
+
 /// A private RabbitMQ node; stopped and its data folder removed when dropped.
 #[derive(Debug)]
 pub struct RabbitNode {
@@ -38,6 +109,32 @@ impl RabbitNode {
     /// Starts a node named `longshore-<purpose>-<pid>-<n>@localhost` and waits until it
     /// takes connections (up to 90 s).
     pub fn start(purpose: &str) -> Self {
+        Self::start_with(purpose, |_| String::new())
+    }
+
+    /// Starts a node that also listens for `amqps://` on a port of its own, with a server
+    /// certificate for `localhost` signed by a certificate authority made for it (with the
+    /// machine's `openssl`).
+    pub fn start_tls(purpose: &str) -> (Self, Tls) {
+        let port = free_port();
+        let mut ca_pem = String::new();
+        let node = Self::start_with(purpose, |dir| {
+            make_certificates(dir);
+            ca_pem = std::fs::read_to_string(dir.join("ca.pem")).expect("the CA certificate");
+            format!(
+                "listeners.ssl.default = 127.0.0.1:{port}\n\
+                 ssl_options.cacertfile = {dir}/ca.pem\n\
+                 ssl_options.certfile = {dir}/server.pem\n\
+                 ssl_options.keyfile = {dir}/server.key\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                dir = dir.display()
+            )
+        });
+        (node, Tls { port, ca_pem })
+    }
+
+    fn start_with(purpose: &str, extra_config: impl FnOnce(&std::path::Path) -> String) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let short = format!("longshore-{purpose}-{}-{n}", std::process::id());
@@ -50,10 +147,11 @@ impl RabbitNode {
             dist_port: free_port(),
             dir,
         };
+        let extra = extra_config(&node.dir);
         std::fs::write(
             node.dir.join("rabbitmq.conf"),
             format!(
-                "listeners.tcp.local = 127.0.0.1:{}\nloopback_users = none\n",
+                "listeners.tcp.local = 127.0.0.1:{}\nloopback_users = none\n{extra}",
                 node.port
             ),
         )
@@ -95,6 +193,25 @@ impl RabbitNode {
                 self.dir.join("enabled_plugins"),
             )
             .env("RABBITMQ_PID_FILE", self.dir.join("node.pid"))
+    }
+
+    /// Starts `size` nodes and joins them into one cluster (the first is the seed).
+    pub fn cluster(purpose: &str, size: usize) -> Vec<Self> {
+        let nodes: Vec<Self> = (0..size).map(|_| Self::start(purpose)).collect();
+        for node in &nodes[1..] {
+            node.ctl(&["stop_app"]);
+            node.ctl(&["join_cluster", nodes[0].name()]);
+            node.start_app();
+        }
+        let status = nodes[0].ctl(&["cluster_status"]);
+        for node in &nodes {
+            assert!(
+                status.contains(node.name()),
+                "{} did not join the cluster: {status}",
+                node.name()
+            );
+        }
+        nodes
     }
 
     /// Waits until the node runs its app and takes AMQP connections.
@@ -183,6 +300,44 @@ impl RabbitNode {
     /// Closes every client connection (`rabbitmqctl close_all_connections`).
     pub fn close_all_connections(&self) {
         self.ctl(&["close_all_connections", "closed by a longshore test"]);
+    }
+
+    /// The node's connections, consumers and queues (ready and unacknowledged messages), for
+    /// a test that fails to print.
+    pub fn diagnose(&self) -> String {
+        let run = |args: &[&str]| {
+            let output = self.try_ctl(args);
+            format!(
+                "rabbitmqctl {}:\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        };
+        [
+            run(&["list_connections", "name", "state", "channels"]),
+            run(&[
+                "list_channels",
+                "connection",
+                "number",
+                "consumer_count",
+                "messages_unacknowledged",
+            ]),
+            run(&[
+                "list_consumers",
+                "queue_name",
+                "channel_pid",
+                "prefetch_count",
+            ]),
+            run(&[
+                "list_queues",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+                "consumers",
+            ]),
+        ]
+        .join("\n")
     }
 
     /// How many client connections the node has.

@@ -47,9 +47,12 @@ async fn a_broker_restart_under_load_loses_nothing() {
     .await;
     let recorder = Arc::new(Recorder::default());
     let worker = Running::start(probe_worker(&h, &queue, &recorder).concurrency(16));
-    let probes = longshore::otel::health::serve("127.0.0.1:0", vec![worker.health.clone()])
-        .await
-        .expect("the health listener starts");
+    let probes = longshore::http::serve(
+        "127.0.0.1:0",
+        longshore::http::probes(vec![worker.health.clone()], None),
+    )
+    .await
+    .expect("the health listener starts");
     let readyz = || http_get(probes.local_addr(), "/readyz");
 
     eventually(

@@ -29,6 +29,16 @@ async fn publish_plain(
     for (name, value) in headers {
         table.insert(name.into(), value);
     }
+    publish_table(channel, queue, body, table).await;
+}
+
+/// Publishes `body` with exactly the headers `table`; asserts RabbitMQ took it.
+async fn publish_table(
+    channel: &lapin::Channel,
+    queue: &longshore::QueueName,
+    body: &[u8],
+    table: FieldTable,
+) {
     let confirm = channel
         .basic_publish(
             "".into(),
@@ -46,6 +56,16 @@ async fn publish_plain(
     assert!(confirm.is_ack());
 }
 
+/// A plain client's connection and a channel of it in confirm mode.
+async fn confirming_channel() -> (lapin::Connection, lapin::Channel) {
+    let (connection, channel) = raw_amqp_channel().await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    (connection, channel)
+}
+
 async fn rabbitmq() -> Harness {
     rabbitmq_harness().await
 }
@@ -54,11 +74,7 @@ async fn rabbitmq() -> Harness {
 async fn a_message_from_a_plain_amqp_client_is_processed() {
     let h = rabbitmq().await;
     let queue = declared_queue(&h, "foreign").await;
-    let (_connection, channel) = raw_amqp_channel().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (_connection, channel) = confirming_channel().await;
     // What a producer in another language sends: the JSON body and the job header. One
     // sends the attempt as an integer, as some clients do.
     for (key, attempt) in [(7, None), (8, Some(AMQPValue::LongInt(1)))] {
@@ -133,11 +149,7 @@ async fn retries_through_the_same_delay_queues_are_not_dropped_as_cycles() {
 async fn a_message_not_yet_due_hops_until_its_due_time() {
     let h = rabbitmq().await;
     let queue = declared_queue(&h, "hop").await;
-    let (_connection, channel) = raw_amqp_channel().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (_connection, channel) = confirming_channel().await;
     let due = std::time::SystemTime::now() + Duration::from_millis(1500);
     let due_ms = longshore::spi::unix_millis(due);
     let due_header = AMQPValue::LongString(due_ms.to_string().into());
@@ -172,5 +184,69 @@ async fn a_message_not_yet_due_hops_until_its_due_time() {
     );
     delivery.ack().await.unwrap();
     drop(stream);
+    cleanup(&h, &queue).await;
+}
+
+/// A `longshore-job` header of the wrong type is dead-lettered with a reason that says so
+/// (not "no `longshore-job` header"); an unreadable `longshore-attempt` runs as attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_typed_headers_are_named_in_the_dead_letter_reason() {
+    let h = rabbitmq().await;
+    let queue = declared_queue(&h, "wrongtyped").await;
+    let (_connection, channel) = confirming_channel().await;
+    let wrong = [
+        AMQPValue::ByteArray(b"probe".to_vec().into()),
+        AMQPValue::FieldTable(FieldTable::default()),
+    ];
+    for (key, job) in wrong.into_iter().enumerate() {
+        let mut table = FieldTable::default();
+        table.insert("longshore-job".into(), job);
+        table.insert("tenant".into(), AMQPValue::LongString("acme".into()));
+        let body = format!(r#"{{"key": {key}, "behaviour": "Succeed"}}"#);
+        publish_table(&channel, &queue, body.as_bytes(), table).await;
+    }
+    // An attempt header that is not a number: the job runs, as attempt 1.
+    publish_plain(
+        &channel,
+        &queue,
+        br#"{"key": 9, "behaviour": "Succeed"}"#,
+        vec![("longshore-attempt", AMQPValue::LongString("abc".into()))],
+    )
+    .await;
+    let recorder = Arc::new(Recorder::default());
+    let worker = Running::start(probe_worker(&h, &queue, &recorder));
+    await_worker(&h, &worker, "two dead letters and one job", |s| {
+        s.dead_lettered == 2 && s.succeeded == 1
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(recorder.runs(9)[0].attempt, 1);
+    assert!(recorder.runs(0).is_empty() && recorder.runs(1).is_empty());
+    let dead_letters = h
+        .broker
+        .dead_letters()
+        .expect("RabbitMQ reads dead letters");
+    let mut reasons: Vec<String> = dead_letters
+        .browse(&queue, 10)
+        .await
+        .expect("browse")
+        .into_iter()
+        .map(|letter| {
+            assert_eq!(
+                letter.message.headers.get("tenant").map(String::as_str),
+                Some("acme"),
+                "the other headers are kept"
+            );
+            letter.reason.unwrap_or_default()
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "the `longshore-job` header is a byte array, not a string, so no handler can be chosen",
+            "the `longshore-job` header is a table, not a string, so no handler can be chosen",
+        ]
+    );
     cleanup(&h, &queue).await;
 }

@@ -20,9 +20,12 @@ async fn probes_follow_the_worker_from_start_to_stop() {
         .build()
         .expect("the worker builds");
     let (health, shutdown, stats) = (worker.health(), worker.shutdown_handle(), worker.stats());
-    let server = longshore::otel::health::serve("127.0.0.1:0", vec![health.clone()])
-        .await
-        .expect("the health listener starts");
+    let server = longshore::http::serve(
+        "127.0.0.1:0",
+        longshore::http::probes(vec![health.clone()], None),
+    )
+    .await
+    .expect("the health listener starts");
     let at = server.local_addr();
 
     // Built but not running: neither alive nor ready.
@@ -76,7 +79,7 @@ async fn probes_follow_the_worker_from_start_to_stop() {
         format!("longshore_queue_depth{{{labels},state=\"ready\"}} 0"),
         format!("longshore_queue_depth{{{labels},state=\"dead_lettered\"}} 1"),
         format!("longshore_worker_ready{{{labels}}} 1"),
-        "# TYPE longshore_jobs_started_total counter".to_owned(),
+        "# TYPE longshore_jobs_started counter".to_owned(),
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
@@ -104,14 +107,14 @@ async fn bad_requests_get_clear_http_errors() {
     let queue = declared_queue(&h, "health-bad").await;
     let recorder = Arc::new(Recorder::default());
     let worker = Running::start(probe_worker(&h, &queue, &recorder));
-    let server = longshore::otel::health::serve("127.0.0.1:0", vec![worker.health.clone()])
-        .await
-        .expect("the health listener starts");
+    let server = longshore::http::serve(
+        "127.0.0.1:0",
+        longshore::http::probes(vec![worker.health.clone()], None),
+    )
+    .await
+    .expect("the health listener starts");
     let at = server.local_addr();
-    assert_eq!(
-        http_get(at, "/nothing-here").await,
-        (404, "not found\n".to_owned())
-    );
+    assert_eq!(http_get(at, "/nothing-here").await.0, 404);
     assert_eq!(
         http_get(at, "/healthz?verbose=1").await.0,
         200,
@@ -126,7 +129,7 @@ async fn bad_requests_get_clear_http_errors() {
         response
     };
     assert!(
-        raw(b"POST /healthz HTTP/1.1\r\n\r\n")
+        raw(b"POST /healthz HTTP/1.1\r\nconnection: close\r\n\r\n")
             .await
             .starts_with("HTTP/1.1 405")
     );
@@ -138,9 +141,10 @@ async fn bad_requests_get_clear_http_errors() {
     let huge = Box::leak(
         format!("GET /healthz HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(10_000)).into_boxed_str(),
     );
+    let refused = raw(huge.as_bytes()).await;
     assert!(
-        raw(huge.as_bytes()).await.starts_with("HTTP/1.1 400"),
-        "an oversized head is refused"
+        refused.starts_with("HTTP/1.1 431"),
+        "an oversized head is refused: {refused}"
     );
     worker.stop().await;
 }

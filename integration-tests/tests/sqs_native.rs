@@ -300,3 +300,94 @@ async fn a_killed_workers_message_returns_after_its_visibility_timeout() {
     await_settled(&h, &queue, 0, 0).await;
     cleanup(&h, &queue).await;
 }
+
+/// A Binary `longshore-job` attribute is dead-lettered with a reason that says so, and the
+/// dead letter keeps the message's Binary attributes as they came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_job_attribute_is_named_and_kept_on_the_dead_letter() {
+    let h = harness(sqs_broker().await);
+    let queue = declared_queue(&h, "binaryjob").await;
+    let client = raw_sqs_client().await;
+    let url_of = |name: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get_queue_url()
+                .queue_name(name)
+                .send()
+                .await
+                .unwrap()
+                .queue_url()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let binary = |bytes: &[u8]| {
+        MessageAttributeValue::builder()
+            .data_type("Binary")
+            .binary_value(aws_sdk_sqs::primitives::Blob::new(bytes))
+            .build()
+            .unwrap()
+    };
+    client
+        .send_message()
+        .queue_url(url_of(queue.to_string()).await)
+        .message_body(r#"{"key": 3, "behaviour": "Succeed"}"#)
+        .message_attributes("longshore-job", binary(b"probe"))
+        .message_attributes("blob", binary(&[0, 159, 146, 150]))
+        .send()
+        .await
+        .unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let worker = Running::start(probe_worker(&h, &queue, &recorder));
+    await_worker(&h, &worker, "the message dead-lettered", |s| {
+        s.dead_lettered == 1
+    })
+    .await;
+    worker.stop().await;
+    assert!(recorder.runs(3).is_empty());
+    let dead_letters = h.broker.dead_letters().expect("SQS reads dead letters");
+    let letters = dead_letters.browse(&queue, 10).await.expect("browse");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].reason.as_deref(),
+        Some("the `longshore-job` attribute is Binary, not String, so no handler can be chosen")
+    );
+    let dead_url = url_of(h.broker.dead_letter_queue(&queue).to_string()).await;
+    let received = eventually(Duration::from_secs(20), "the dead letter", || {
+        let (client, dead_url) = (client.clone(), dead_url.clone());
+        async move {
+            let out = client
+                .receive_message()
+                .queue_url(dead_url)
+                .message_attribute_names("All")
+                .visibility_timeout(0)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            out.messages
+                .unwrap_or_default()
+                .into_iter()
+                .next()
+                .ok_or_else(|| "none yet".to_owned())
+        }
+    })
+    .await;
+    let attributes = received.message_attributes.unwrap_or_default();
+    for (name, bytes) in [
+        ("longshore-job", &b"probe"[..]),
+        ("blob", &[0, 159, 146, 150][..]),
+    ] {
+        let value = attributes
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} kept: {attributes:?}"));
+        assert_eq!(value.data_type(), "Binary", "{name}");
+        assert_eq!(
+            value.binary_value().map(|b| b.as_ref()),
+            Some(bytes),
+            "{name}"
+        );
+    }
+    cleanup(&h, &queue).await;
+}

@@ -8,10 +8,12 @@
 //! connection; the worker then consumes again on the new one. Deliveries of the old
 //! connection can no longer be acked (RabbitMQ redelivers them) and are never started.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties, Event};
 use longshore_core::{BrokerError, BrokerUrl};
 use tokio::sync::watch;
@@ -43,16 +45,103 @@ fn endpoint(url: &BrokerUrl) -> String {
     }
 }
 
-/// One try to connect, without lapin's recovery.
-async fn connect_once(url: &BrokerUrl, name: &str) -> Result<Connection, lapin::Error> {
+/// One try to connect, without lapin's recovery; `ca` (PEM) is trusted besides the
+/// system's certificate authorities for `amqps://`.
+async fn connect_once(
+    url: &BrokerUrl,
+    name: &str,
+    ca: Option<&str>,
+) -> Result<Connection, lapin::Error> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url.expose(), properties).await
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain: ca.map(str::to_owned),
+    };
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connect_with_config(url.expose(), properties, tls, runtime).await
+}
+
+/// What to add to a connect error whose cause is the server's certificate.
+fn certificate_hint(cause: &str) -> &'static str {
+    let lower = cause.to_lowercase();
+    if lower.contains("certificate") || lower.contains("unknownissuer") {
+        "; RabbitMQ's TLS certificate is not trusted: if your own certificate authority \
+         signed it, give its PEM to `AmqpBrokerBuilder::tls_ca_pem` (or set \
+         LONGSHORE_AMQP_CA_FILE), and connect by the name the certificate holds"
+    } else {
+        ""
+    }
+}
+
+/// The nodes to connect to, in turn: a URL, or several separated by commas (the nodes of a
+/// cluster); the one that answered last is tried first.
+pub(crate) struct Nodes {
+    urls: Vec<BrokerUrl>,
+    /// Which answered last.
+    current: AtomicUsize,
+    /// A certificate authority (PEM) trusted for `amqps://`, besides the system's.
+    ca: Option<String>,
+}
+
+impl Nodes {
+    pub(crate) fn new(url: &BrokerUrl, ca: Option<String>) -> Self {
+        Self {
+            urls: url.alternatives(),
+            current: AtomicUsize::new(0),
+            ca,
+        }
+    }
+
+    /// One try at each node, from the one that answered last, each within `each`; the
+    /// connection, or each node's cause.
+    async fn connect_once(&self, name: &str, each: Duration) -> Result<Connection, String> {
+        let first = self.current.load(Ordering::Relaxed);
+        let mut causes = Vec::new();
+        for offset in 0..self.urls.len() {
+            let index = (first + offset) % self.urls.len();
+            let url = &self.urls[index];
+            let cause = match tokio::time::timeout(
+                each,
+                connect_once(url, name, self.ca.as_deref()),
+            )
+            .await
+            {
+                Ok(Ok(connection)) => {
+                    if index != first {
+                        tracing::info!(node = %endpoint(url), "connected to another RabbitMQ node");
+                    }
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok(connection);
+                }
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("no answer within {each:?}"),
+            };
+            causes.push(format!("{}: {cause}", endpoint(url)));
+        }
+        Err(causes.join("; "))
+    }
+
+    /// `host:port` of each node.
+    fn endpoints(&self) -> String {
+        self.urls
+            .iter()
+            .map(endpoint)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl std::fmt::Display for Nodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<String> = self.urls.iter().map(BrokerUrl::redacted).collect();
+        f.write_str(&shown.join(","))
+    }
 }
 
 /// Connects, trying again with backoff until `timeout` passes; each failed try is logged
 /// at WARN with its cause. The error names the host, the port and the last cause.
 pub(crate) async fn connect(
-    url: &BrokerUrl,
+    nodes: &Nodes,
     name: &str,
     timeout: Duration,
 ) -> Result<Connection, BrokerError> {
@@ -60,22 +149,22 @@ pub(crate) async fn connect(
     let mut wait = RETRY_FIRST * 2;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let cause = match tokio::time::timeout(left, connect_once(url, name)).await {
-            Ok(Ok(connection)) => return Ok(connection),
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("no answer within {timeout:?}"),
+        let cause = match nodes.connect_once(name, left).await {
+            Ok(connection) => return Ok(connection),
+            Err(cause) => cause,
         };
         if Instant::now() + wait >= deadline {
             return Err(BrokerError::Connection(
                 format!(
-                    "could not connect to RabbitMQ at {} within {timeout:?} ({url}): {cause}; \
-                     check that it runs and the URL is right",
-                    endpoint(url)
+                    "could not connect to RabbitMQ at {} within {timeout:?} ({nodes}): {cause}; \
+                     check that it runs and the URL is right{}",
+                    nodes.endpoints(),
+                    certificate_hint(&cause)
                 )
                 .into(),
             ));
         }
-        tracing::warn!(%url, cause, retry_in_ms = wait.as_millis() as u64, "cannot connect to RabbitMQ yet");
+        tracing::warn!(url = %nodes, cause, retry_in_ms = wait.as_millis() as u64, "cannot connect to RabbitMQ yet");
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MOST);
     }
@@ -91,7 +180,7 @@ pub(crate) struct Live {
 
 /// The broker's connection, kept alive by its supervisor.
 pub(crate) struct Link {
-    url: BrokerUrl,
+    nodes: Nodes,
     live: RwLock<Arc<Live>>,
     /// The generation of the current connection; changes when it is replaced.
     generation: watch::Sender<u64>,
@@ -100,12 +189,17 @@ pub(crate) struct Link {
 impl Link {
     /// Connects (bounded by `timeout`) and starts the supervisor; reconnection after that is
     /// unbounded.
-    pub(crate) async fn open(url: BrokerUrl, timeout: Duration) -> Result<Arc<Self>, BrokerError> {
-        let live = Self::connect_live(&url, timeout, 0).await?;
+    pub(crate) async fn open(
+        url: BrokerUrl,
+        ca: Option<String>,
+        timeout: Duration,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let nodes = Nodes::new(&url, ca);
+        let live = Self::connect_live(&nodes, timeout, 0).await?;
         let events = live.connection.events_listener();
         let (generation, _) = watch::channel(0);
         let link = Arc::new(Self {
-            url,
+            nodes,
             live: RwLock::new(Arc::new(live)),
             generation,
         });
@@ -114,17 +208,22 @@ impl Link {
     }
 
     async fn connect_live(
-        url: &BrokerUrl,
+        nodes: &Nodes,
         timeout: Duration,
         generation: u64,
     ) -> Result<Live, BrokerError> {
-        let connection = connect(url, "longshore", timeout).await?;
+        let connection = connect(nodes, "longshore", timeout).await?;
         let publisher = Publisher::open(&connection).await?;
         Ok(Live {
             connection,
             publisher,
             generation,
         })
+    }
+
+    /// The nodes this link connects to (other connections of the broker use them too).
+    pub(crate) fn nodes(&self) -> &Nodes {
+        &self.nodes
     }
 
     /// The current connection.
@@ -153,7 +252,7 @@ impl Link {
                 return Err(BrokerError::Connection(
                     format!(
                         "the connection to RabbitMQ at {} is down",
-                        endpoint(&self.url)
+                        self.nodes.endpoints()
                     )
                     .into(),
                 ));
@@ -208,9 +307,10 @@ impl Link {
         let generation = old.generation + 1;
         loop {
             let tried = tokio::time::timeout(Duration::from_secs(10), async {
-                let connection = connect_once(&self.url, "longshore")
-                    .await
-                    .map_err(|error| error.to_string())?;
+                let connection = self
+                    .nodes
+                    .connect_once("longshore", Duration::from_secs(10))
+                    .await?;
                 match Publisher::open(&connection).await {
                     Ok(publisher) => Ok(Live {
                         connection,
@@ -227,7 +327,7 @@ impl Link {
                     let events = live.connection.events_listener().boxed();
                     *self.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(live);
                     self.generation.send_replace(generation);
-                    tracing::info!(url = %self.url, generation, "reconnected to RabbitMQ");
+                    tracing::info!(url = %self.nodes, generation, "reconnected to RabbitMQ");
                     return Some(events);
                 }
                 Err(cause) => {
@@ -235,7 +335,7 @@ impl Link {
                     if Arc::strong_count(self) == 1 {
                         return None;
                     }
-                    tracing::warn!(url = %self.url, cause, retry_in_ms = wait.as_millis() as u64, "reconnecting to RabbitMQ failed; trying again");
+                    tracing::warn!(url = %self.nodes, cause, retry_in_ms = wait.as_millis() as u64, "reconnecting to RabbitMQ failed; trying again");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(RETRY_MOST);
                 }
@@ -255,7 +355,7 @@ impl Link {
         loop {
             match publish(self.live()).await {
                 Err(error) if error.is_transient() && Instant::now() < deadline => {
-                    tracing::warn!(%error, "publish failed; waiting for the connection");
+                    tracing::warn!(%error, "publish failed; trying again once the broker takes it");
                     let _ = tokio::time::timeout_at(
                         deadline.min(Instant::now() + Duration::from_secs(1)),
                         generation.changed(),

@@ -35,8 +35,12 @@
 
 mod connection;
 mod consume;
+mod dead_letters;
 mod delay;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod publish;
 mod receiver;
 mod schedule;
@@ -49,8 +53,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use longshore_core::check::{DeadLetterTarget as CheckedTarget, QueueFacts};
+use longshore_core::dead_letters::DeadLetters;
 use longshore_core::spi::{
-    ConsumeOptions, DeliveryStream, Message, ScheduleKey, ScheduleLease, ScheduleStore,
+    ConsumeOptions, DeliveryStream, Message, ScheduleInfo, ScheduleKey, ScheduleLease,
+    ScheduleStore,
 };
 use longshore_core::{
     Attempt, Broker, BrokerError, BrokerUrl, QueueName, QueueOptions, QueueStats,
@@ -124,6 +131,7 @@ pub struct AmqpBrokerBuilder {
     url: BrokerUrl,
     options: AmqpOptions,
     connect_timeout: Duration,
+    ca: Option<String>,
 }
 
 impl AmqpBrokerBuilder {
@@ -167,10 +175,33 @@ impl AmqpBrokerBuilder {
         self
     }
 
+    /// Trusts this certificate authority (PEM, one or more certificates) for `amqps://`,
+    /// besides the system's: for a RabbitMQ whose certificate your own CA signed. Without
+    /// it, the PEM file named by `LONGSHORE_AMQP_CA_FILE` is used when that is set.
+    pub fn tls_ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.ca = Some(pem.into());
+        self
+    }
+
     /// Connects and opens the confirm-mode publishing channel; a lost connection is
     /// replaced from then on.
     pub async fn connect(self) -> Result<AmqpBroker, BrokerError> {
-        let link = Link::open(self.url.clone(), self.connect_timeout).await?;
+        let ca = match self.ca {
+            Some(pem) => Some(pem),
+            None => match std::env::var_os("LONGSHORE_AMQP_CA_FILE") {
+                Some(path) => Some(std::fs::read_to_string(&path).map_err(|error| {
+                    BrokerError::Connection(
+                        format!(
+                            "cannot read LONGSHORE_AMQP_CA_FILE `{}`: {error}",
+                            std::path::Path::new(&path).display()
+                        )
+                        .into(),
+                    )
+                })?),
+                None => None,
+            },
+        };
+        let link = Link::open(self.url.clone(), ca, self.connect_timeout).await?;
         tracing::info!(url = %self.url, "connected to RabbitMQ");
         Ok(AmqpBroker {
             inner: Arc::new(Inner {
@@ -219,6 +250,7 @@ impl AmqpBroker {
             url: url.into(),
             options: AmqpOptions::default(),
             connect_timeout: Duration::from_secs(30),
+            ca: None,
         }
     }
 
@@ -374,6 +406,35 @@ impl Broker for AmqpBroker {
         Some(self)
     }
 
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
+    }
+
+    async fn inspect(&self, queue: &QueueName) -> Result<QueueFacts, BrokerError> {
+        let connection = &self.inner.link.live().connection;
+        let dead_letters =
+            match topology::find_target(connection, queue, &self.inner.options).await? {
+                Some(target) => match target.queue_name() {
+                    Some(dlq) => CheckedTarget::Queue(dlq),
+                    None => CheckedTarget::Queue(QueueName::new(format!(
+                        "(exchange `{}`)",
+                        target.exchange
+                    ))),
+                },
+                None => CheckedTarget::Missing(format!(
+                    "no dead-letter exchange is configured for it and `{}` does not exist",
+                    queue.dead_letter_queue()
+                )),
+            };
+        let max_receive_count = (self.inner.options.queue_type == QueueType::Quorum)
+            .then_some(self.inner.options.delivery_limit);
+        let mut facts = QueueFacts::default();
+        facts.max_receive_count = max_receive_count;
+        facts.dead_letters = dead_letters;
+        facts.delay_queues = Some(topology::ladder_declared(connection).await?);
+        Ok(facts)
+    }
+
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats, BrokerError> {
         let target = self
             .target_known(queue)?
@@ -394,10 +455,14 @@ impl ScheduleStore for AmqpBroker {
         &self,
         key: &ScheduleKey,
     ) -> Result<Option<Box<dyn ScheduleLease>>, BrokerError> {
-        self.inner.leases.take(&self.inner.url, key).await
+        self.inner.leases.take(self.inner.link.nodes(), key).await
     }
 
     async fn delete(&self, key: &ScheduleKey) -> Result<(), BrokerError> {
         schedule::delete(&self.inner.link.live().connection, key).await
+    }
+
+    async fn list(&self, queue: &QueueName) -> Result<Vec<ScheduleInfo>, BrokerError> {
+        schedule::list(&self.inner.link.live().connection, queue).await
     }
 }

@@ -73,13 +73,9 @@ impl Publisher {
             Ok(Confirmation::Ack(Some(_))) => Err(BrokerError::QueueNotFound {
                 queue: out.queue.clone(),
             }),
-            Ok(Confirmation::Nack(_)) => Err(BrokerError::Other(
-                format!(
-                    "RabbitMQ refused message `{}` (publisher nack)",
-                    out.message_id
-                )
-                .into(),
-            )),
+            Ok(Confirmation::Nack(_)) => Err(BrokerError::Refused {
+                message_id: out.message_id.clone(),
+            }),
             Err(error) => Err(broker_error(error, out.queue)),
         }
     }

@@ -11,6 +11,9 @@
 //!   the newest of what it finds, so a holder dying halfway leaves a readable state.
 //! - Tick jobs are published on the lease's own channel, confirmed and mandatory: a holder
 //!   whose connection died cannot publish.
+//! - AMQP cannot list queues, so a schedule's first holder records its name in the durable
+//!   registry queue `<queue>.schedules` (one message per schedule), which
+//!   `longshore schedules list` reads.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,10 +27,12 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ErrorKind};
 use longshore_core::spi::{
-    Message, ScheduleKey, ScheduleLease, decode_watermark, encode_watermark, lease_lost,
+    Message, ScheduleInfo, ScheduleKey, ScheduleLease, decode_holder, decode_watermark,
+    encode_watermark, lease_lost,
 };
-use longshore_core::{Attempt, BrokerError, BrokerUrl, QueueName};
+use longshore_core::{Attempt, BrokerError, QueueName};
 
+use crate::connection::Nodes;
 use crate::error::broker_error;
 use crate::publish::Publisher;
 
@@ -41,7 +46,7 @@ pub(crate) struct Leases {
 }
 
 impl Leases {
-    async fn connection(&self, url: &BrokerUrl) -> Result<Arc<Connection>, BrokerError> {
+    async fn connection(&self, nodes: &Nodes) -> Result<Arc<Connection>, BrokerError> {
         let mut slot = self.connection.lock().await;
         if let Some(connection) = &*slot
             && connection.status().connected()
@@ -49,7 +54,7 @@ impl Leases {
             return Ok(Arc::clone(connection));
         }
         let connection = crate::connection::connect(
-            url,
+            nodes,
             "longshore-schedules",
             std::time::Duration::from_secs(10),
         )
@@ -62,13 +67,13 @@ impl Leases {
     /// Takes the lease of `key` if nobody holds it.
     pub(crate) async fn take(
         &self,
-        url: &BrokerUrl,
+        nodes: &Nodes,
         key: &ScheduleKey,
     ) -> Result<Option<Box<dyn ScheduleLease>>, BrokerError> {
         if !self.mark_held(key) {
             return Ok(None);
         }
-        match self.try_take(url, key).await {
+        match self.try_take(nodes, key).await {
             Ok(Some(lease)) => Ok(Some(Box::new(lease))),
             other => {
                 unmark(&self.held, key);
@@ -86,10 +91,10 @@ impl Leases {
 
     async fn try_take(
         &self,
-        url: &BrokerUrl,
+        nodes: &Nodes,
         key: &ScheduleKey,
     ) -> Result<Option<AmqpLease>, BrokerError> {
-        let connection = self.connection(url).await?;
+        let connection = self.connection(nodes).await?;
         let state = QueueName::new(key.base_name());
         let lease = QueueName::new(format!("{}.lease", key.base_name()));
         let publisher = Publisher::open(&connection).await?;
@@ -126,15 +131,148 @@ impl Leases {
             held: Arc::clone(&self.held),
         };
         taken.watermark = taken.compact_state().await?;
+        if taken.watermark.is_none() {
+            // The schedule's first run anywhere: record its name where it can be listed.
+            register(&taken.publisher, key).await?;
+        }
         Ok(Some(taken))
     }
 }
 
-/// Deletes a schedule's state queue and, unless a replica holds it, its lease queue.
+/// The registry of `queue`'s schedules.
+fn registry(queue: &QueueName) -> QueueName {
+    QueueName::new(format!("{queue}.schedules"))
+}
+
+/// Records `key`'s name in its queue's registry.
+async fn register(publisher: &Publisher, key: &ScheduleKey) -> Result<(), BrokerError> {
+    let registry = registry(&key.queue);
+    publisher
+        .channel()
+        .queue_declare(
+            registry.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|error| broker_error(error, &registry))?;
+    let entry = Message::new(
+        "longshore-schedule",
+        serde_json::json!({ "schedule": key.name })
+            .to_string()
+            .into_bytes(),
+    );
+    publisher
+        .publish_message(&registry, &entry, Attempt::FIRST, Duration::ZERO)
+        .await
+}
+
+/// Every message of `queue`, read without acking: the channel closes after, and RabbitMQ
+/// hands them back in order.
+async fn read_all(connection: &Connection, queue: &QueueName) -> Result<Vec<Vec<u8>>, BrokerError> {
+    let name = queue.clone();
+    crate::topology::on_fresh_channel(connection, queue, |channel| async move {
+        let mut bodies = Vec::new();
+        while let Some(message) = channel
+            .basic_get(name.as_str().into(), BasicGetOptions::default())
+            .await?
+        {
+            bodies.push(message.delivery.data);
+        }
+        Ok(bodies)
+    })
+    .await
+}
+
+/// The schedules of `queue`, from its registry: each one's watermark and who recorded it
+/// (from its state queue), and whether its lease queue is held now.
+pub(crate) async fn list(
+    connection: &Connection,
+    queue: &QueueName,
+) -> Result<Vec<ScheduleInfo>, BrokerError> {
+    let entries = match read_all(connection, &registry(queue)).await {
+        Ok(entries) => entries,
+        Err(BrokerError::QueueNotFound { .. }) => return Ok(Vec::new()),
+        Err(other) => return Err(other),
+    };
+    let mut names: Vec<String> = entries
+        .iter()
+        .filter_map(|body| {
+            let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+            value.get("schedule")?.as_str().map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for name in names {
+        let key = ScheduleKey {
+            queue: queue.clone(),
+            name: name.clone(),
+        };
+        let states = match read_all(connection, &QueueName::new(key.base_name())).await {
+            Ok(states) => states,
+            Err(BrokerError::QueueNotFound { .. }) => Vec::new(),
+            Err(other) => return Err(other),
+        };
+        let newest = states
+            .iter()
+            .filter_map(|body| Some((decode_watermark(body)?, decode_holder(body))))
+            .max_by_key(|(watermark, _)| *watermark);
+        let lease = QueueName::new(format!("{}.lease", key.base_name()));
+        let held = match crate::topology::queue_exists(connection, &lease).await {
+            Ok(_) => true,
+            Err(BrokerError::QueueNotFound { .. }) => false,
+            // An exclusive queue of another connection: someone holds it.
+            Err(BrokerError::Topology { .. }) => true,
+            Err(other) => return Err(other),
+        };
+        out.push(ScheduleInfo {
+            name,
+            held: Some(held),
+            holder: newest.as_ref().and_then(|(_, holder)| holder.clone()),
+            watermark: newest.map(|(watermark, _)| watermark),
+        });
+    }
+    Ok(out)
+}
+
+/// Deletes a schedule's state queue, its registry entry and, unless a replica holds it,
+/// its lease queue.
 pub(crate) async fn delete(connection: &Connection, key: &ScheduleKey) -> Result<(), BrokerError> {
     let state = QueueName::new(key.base_name());
     let lease = QueueName::new(format!("{}.lease", key.base_name()));
-    crate::topology::delete_queues(connection, &[state, lease]).await
+    crate::topology::delete_queues(connection, &[state, lease]).await?;
+    let registry = registry(&key.queue);
+    let name = key.name.clone();
+    let read_from = registry.clone();
+    let forgotten =
+        crate::topology::on_fresh_channel(connection, &registry, |channel| async move {
+            while let Some(message) = channel
+                .basic_get(read_from.as_str().into(), BasicGetOptions::default())
+                .await?
+            {
+                let entry: Option<serde_json::Value> =
+                    serde_json::from_slice(&message.delivery.data).ok();
+                if entry
+                    .and_then(|e| e.get("schedule")?.as_str().map(str::to_owned))
+                    .as_deref()
+                    == Some(name.as_str())
+                {
+                    message
+                        .delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await?;
+                }
+            }
+            Ok(())
+        })
+        .await;
+    match forgotten {
+        Ok(()) | Err(BrokerError::QueueNotFound { .. }) => Ok(()),
+        Err(other) => Err(other),
+    }
 }
 
 fn unmark(held: &Mutex<HashSet<ScheduleKey>>, key: &ScheduleKey) {

@@ -15,7 +15,7 @@ use crate::{AmqpOptions, DeadLetterTarget, QueueType};
 
 /// Runs `operation` on a channel of its own, closed afterwards: a failed passive declare
 /// closes its channel, and must not take the shared ones down with it.
-async fn on_fresh_channel<T, F, Fut>(
+pub(crate) async fn on_fresh_channel<T, F, Fut>(
     connection: &Connection,
     queue: &QueueName,
     operation: F,
@@ -139,6 +139,25 @@ pub(crate) async fn declare_ladder(connection: &Connection) -> Result<(), Broker
     .await
 }
 
+/// Whether the delay ladder is declared: its entry exchange, its delivery exchange and the
+/// queue of its lowest level exist.
+pub(crate) async fn ladder_declared(connection: &Connection) -> Result<bool, BrokerError> {
+    let entry = delay::entry_exchange();
+    let probe = QueueName::new(&entry);
+    for exchange in [entry.as_str(), delay::DELIVERY_EXCHANGE] {
+        match exchange_exists(connection, exchange, &probe).await {
+            Ok(()) => {}
+            Err(BrokerError::QueueNotFound { .. }) => return Ok(false),
+            Err(other) => return Err(other),
+        }
+    }
+    match queue_exists(connection, &QueueName::new(delay::level_name(0))).await {
+        Ok(_) => Ok(true),
+        Err(BrokerError::QueueNotFound { .. }) => Ok(false),
+        Err(other) => Err(other),
+    }
+}
+
 /// Routes messages leaving the ladder for `queue` into it.
 async fn bind_delivery(connection: &Connection, queue: &QueueName) -> Result<(), BrokerError> {
     on_fresh_channel(connection, queue, |channel| async move {
@@ -209,7 +228,10 @@ pub(crate) async fn declare(
     Ok(target)
 }
 
-async fn queue_exists(connection: &Connection, queue: &QueueName) -> Result<u32, BrokerError> {
+pub(crate) async fn queue_exists(
+    connection: &Connection,
+    queue: &QueueName,
+) -> Result<u32, BrokerError> {
     on_fresh_channel(connection, queue, |channel| async move {
         let declared = channel
             .queue_declare(

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use longshore_core::Attempt;
-use longshore_core::spi::{Headers, Message, unix_millis};
+use longshore_core::spi::{Headers, Message, headers, unix_millis};
 
 /// The attempt header, maintained by the AMQP adapter on every republish.
 pub(crate) const ATTEMPT: &str = "longshore-attempt";
@@ -36,6 +36,35 @@ fn text(value: &AMQPValue) -> Option<String> {
         AMQPValue::Timestamp(n) => n.to_string(),
         _ => return None,
     })
+}
+
+/// The AMQP type of a value, as a sentence names it.
+fn type_name(value: &AMQPValue) -> &'static str {
+    match value {
+        AMQPValue::ByteArray(_) => "a byte array",
+        AMQPValue::FieldTable(_) => "a table",
+        AMQPValue::FieldArray(_) => "an array",
+        AMQPValue::Float(_) | AMQPValue::Double(_) | AMQPValue::DecimalValue(_) => "a number",
+        AMQPValue::Void => "void",
+        AMQPValue::Boolean(_) => "a boolean",
+        _ => "an integer",
+    }
+}
+
+/// Warns, at most once a minute, that a message's attempt header is unreadable.
+fn warn_malformed_attempt(value: &AMQPValue) {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if last.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(60)) {
+        *last = Some(std::time::Instant::now());
+        tracing::warn!(
+            value = ?value,
+            "a message's `{ATTEMPT}` header is not a whole number; counting it as attempt 1 \
+             (further ones are not logged for a minute)"
+        );
+    }
 }
 
 fn integer(value: &AMQPValue) -> Option<u64> {
@@ -59,7 +88,25 @@ pub(crate) fn decode(
         for (name, value) in table.inner() {
             let name = name.as_str();
             match name {
-                ATTEMPT => attempt_header = integer(value).unwrap_or(1).max(1),
+                ATTEMPT => {
+                    attempt_header = integer(value).unwrap_or_else(|| {
+                        warn_malformed_attempt(value);
+                        1
+                    });
+                    attempt_header = attempt_header.max(1);
+                }
+                headers::JOB
+                    if !matches!(value, AMQPValue::LongString(_) | AMQPValue::ShortString(_)) =>
+                {
+                    headers.insert(
+                        headers::WIRE_ERROR.to_owned(),
+                        format!(
+                            "the `{}` header is {}, not a string",
+                            headers::JOB,
+                            type_name(value)
+                        ),
+                    );
+                }
                 "x-delivery-count" => delivery_count = integer(value),
                 _ if name.starts_with("x-") => {}
                 _ => {
@@ -123,6 +170,32 @@ pub(crate) fn now_millis() -> String {
 mod tests {
     use super::*;
     use longshore_core::spi::headers;
+
+    #[test]
+    fn a_job_header_of_the_wrong_type_is_named_and_a_bad_attempt_counts_as_one() {
+        for (value, named) in [
+            (
+                AMQPValue::ByteArray(b"resize".to_vec().into()),
+                "a byte array",
+            ),
+            (AMQPValue::FieldTable(FieldTable::default()), "a table"),
+        ] {
+            let mut table = FieldTable::default();
+            table.insert(ShortString::from(headers::JOB), value);
+            table.insert(
+                ShortString::from(ATTEMPT),
+                AMQPValue::LongString(LongString::from("abc")),
+            );
+            let properties = BasicProperties::default().with_headers(table);
+            let (message, attempt) = decode(&properties, b"{}".to_vec(), false);
+            assert_eq!(message.job.as_str(), "");
+            assert_eq!(
+                message.headers.get(headers::WIRE_ERROR).map(String::as_str),
+                Some(format!("the `longshore-job` header is {named}, not a string").as_str())
+            );
+            assert_eq!(attempt.get(), 1);
+        }
+    }
 
     #[test]
     fn round_trip_keeps_message_and_counts_the_attempt() {

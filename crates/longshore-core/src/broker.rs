@@ -6,6 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
+use crate::check::{DeadLetterTarget, QueueFacts};
+use crate::dead_letters::DeadLetters;
 use crate::delivery::Delivery;
 use crate::message::Message;
 use crate::names::{MessageId, QueueName};
@@ -76,6 +78,32 @@ pub trait Broker: Send + Sync + 'static {
     /// [`crate::schedule`]). A worker with schedules on a broker without it fails to build.
     fn schedules(&self) -> Option<&dyn ScheduleStore> {
         None
+    }
+
+    /// What the broker offers for dead letters (browse, redrive, purge), if it can.
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        None
+    }
+
+    /// The queues the broker holds, where it can list them (SQS, memory); `None` where it
+    /// cannot (RabbitMQ has no listing over AMQP: name the queues).
+    async fn list_queues(&self) -> Result<Option<Vec<QueueName>>, BrokerError> {
+        Ok(None)
+    }
+
+    /// What the broker tells of `queue` for the policy check ([`crate::check`]). Default:
+    /// verifies it, and its dead letters go to [`dead_letter_queue`](Self::dead_letter_queue).
+    async fn inspect(&self, queue: &QueueName) -> Result<QueueFacts, BrokerError> {
+        let dead_letters = match self.verify(queue).await {
+            Ok(()) => DeadLetterTarget::Queue(self.dead_letter_queue(queue)),
+            Err(BrokerError::Topology { problem, .. }) => DeadLetterTarget::Missing(problem),
+            Err(other) => return Err(other),
+        };
+        Ok(QueueFacts {
+            max_receive_count: self.max_receive_count(queue),
+            dead_letters,
+            ..QueueFacts::default()
+        })
     }
 }
 
@@ -261,6 +289,14 @@ pub enum BrokerError {
     /// The broker connection failed or closed; the operation may succeed after reconnecting.
     #[error("broker connection failed: {0}")]
     Connection(#[source] BoxError),
+    /// The broker refused to take the message now (a RabbitMQ publisher nack: a quorum
+    /// queue electing a leader, or a queue at its length limit that rejects publishes);
+    /// trying again later may succeed.
+    #[error("the broker refused message `{message_id}` for now (publisher nack); try again later")]
+    Refused {
+        /// The message.
+        message_id: MessageId,
+    },
     /// The broker was shut down by this process.
     #[error("the broker client was closed")]
     Closed,
@@ -270,8 +306,12 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
-    /// Whether retrying the same operation later may succeed (connection trouble).
+    /// Whether retrying the same operation later may succeed (connection trouble, or the
+    /// broker refusing a message for now).
     pub fn is_transient(&self) -> bool {
-        matches!(self, BrokerError::Connection(_))
+        matches!(
+            self,
+            BrokerError::Connection(_) | BrokerError::Refused { .. }
+        )
     }
 }

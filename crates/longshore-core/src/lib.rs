@@ -44,7 +44,9 @@
 //! ```
 
 mod broker;
+pub mod check;
 mod context;
+pub mod dead_letters;
 mod delivery;
 mod handler;
 mod job;
@@ -79,3 +81,53 @@ pub use runtime::{
 };
 pub use scope::{Dep, Factory, FromScope, Scope};
 pub use url::BrokerUrl;
+
+/// `<host>:<pid>`, how this process names itself in job statuses and schedule records: the
+/// host from the kernel (or `HOSTNAME`), the process id.
+pub fn process_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}:{}", std::process::id())
+}
+
+/// The crates whose TRACE output carries broker frames (lapin logs the SASL response, with
+/// the password bytes, at TRACE).
+const FRAME_LOGGERS: [&str; 2] = ["lapin", "amq_protocol"];
+
+/// A log filter (`RUST_LOG` syntax) that keeps broker frames out unless named: `filter`
+/// with `lapin=info,amq_protocol=info` added when it does not mention them itself. What
+/// `longshore::otel::init` and the `longshore` command log with; use it for your own
+/// subscriber too.
+pub fn log_filter(filter: &str) -> String {
+    let mut out = filter.trim().to_owned();
+    for crate_name in FRAME_LOGGERS {
+        if !filter.contains(crate_name) {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(crate_name);
+            out.push_str("=info");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod log_filter_tests {
+    #[test]
+    fn broker_frames_stay_out_unless_named() {
+        assert_eq!(
+            super::log_filter("trace"),
+            "trace,lapin=info,amq_protocol=info"
+        );
+        assert_eq!(super::log_filter(""), "lapin=info,amq_protocol=info");
+        assert_eq!(
+            super::log_filter("info,lapin=trace"),
+            "info,lapin=trace,amq_protocol=info"
+        );
+    }
+}

@@ -34,6 +34,10 @@ pub mod headers {
     /// Set (`1`) on jobs whose producer wrote their status to a status store: a worker with
     /// the same store tracks them.
     pub const STATUS: &str = "longshore-status";
+    /// Set by a broker adapter that met a longshore header it could not read (a job name
+    /// of the wrong type, say): what it was. A message without a job name is dead-lettered
+    /// with this as the reason.
+    pub const WIRE_ERROR: &str = "longshore-wire-error";
     /// W3C trace context of the producer.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state of the producer.

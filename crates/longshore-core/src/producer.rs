@@ -9,7 +9,7 @@ use crate::broker::IntoBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::job::Job;
 use crate::message::{Headers, Message, headers};
-use crate::names::{MessageId, QueueName};
+use crate::names::{JobName, MessageId, QueueName};
 use crate::status::{Created, JobState, JobStatus, JobStatuses, StatusError};
 use crate::telemetry::Telemetry;
 
@@ -89,6 +89,8 @@ pub struct EnqueueOptions {
     /// A key at most one unfinished job may hold: with a status store, enqueuing again with
     /// the key of a job that has not finished returns that job's id and enqueues nothing.
     pub unique_key: Option<String>,
+    /// Enqueued by hand (a tool, an admin): the job's trigger is `Trigger::Manual`.
+    pub manual: bool,
 }
 
 impl EnqueueOptions {
@@ -113,6 +115,12 @@ impl EnqueueOptions {
     /// Sets the deduplication id (SQS FIFO `MessageDeduplicationId`).
     pub fn deduplication_id(mut self, id: impl Into<String>) -> Self {
         self.deduplication_id = Some(id.into());
+        self
+    }
+
+    /// Marks the job as enqueued by hand (`JobContext::trigger` is `Trigger::Manual`).
+    pub fn manual(mut self) -> Self {
+        self.manual = true;
         self
     }
 
@@ -155,7 +163,7 @@ pub enum EnqueueError {
     )]
     Status {
         /// The job name.
-        job: &'static str,
+        job: JobName,
         /// What the store said.
         source: StatusError,
     },
@@ -164,7 +172,7 @@ pub enum EnqueueError {
         "job `{0}` has a unique key, but the producer has no status store to check it in; \
          add one with `Producer::with_status`"
     )]
-    UniqueKeyWithoutStatus(&'static str),
+    UniqueKeyWithoutStatus(JobName),
 }
 
 impl Producer {
@@ -231,6 +239,37 @@ impl Producer {
         job: &J,
         options: EnqueueOptions,
     ) -> Result<MessageId, EnqueueError> {
+        let body = serde_json::to_vec(job).map_err(|source| EnqueueError::Encode {
+            job: J::NAME,
+            source,
+        })?;
+        self.enqueue_body(JobName::new(J::NAME), body, options)
+            .await
+    }
+
+    /// Enqueues job `job` by name with a JSON body, as tools do (the `longshore` command, an
+    /// admin page): no Rust type is needed here; the worker decodes the body as its
+    /// handler's job type (a body that does not fit is dead-lettered saying why).
+    pub async fn enqueue_json(
+        &self,
+        job: impl Into<JobName>,
+        body: &serde_json::Value,
+        options: EnqueueOptions,
+    ) -> Result<MessageId, EnqueueError> {
+        let job = job.into();
+        let body = serde_json::to_vec(body).map_err(|source| EnqueueError::Encode {
+            job: "(json)",
+            source,
+        })?;
+        self.enqueue_body(job, body, options).await
+    }
+
+    async fn enqueue_body(
+        &self,
+        job: JobName,
+        body: Vec<u8>,
+        options: EnqueueOptions,
+    ) -> Result<MessageId, EnqueueError> {
         if let Some(name) = options
             .headers
             .keys()
@@ -238,15 +277,16 @@ impl Producer {
         {
             return Err(EnqueueError::ReservedHeader(name.clone()));
         }
-        let body = serde_json::to_vec(job).map_err(|source| EnqueueError::Encode {
-            job: J::NAME,
-            source,
-        })?;
+        let mut extra = options.headers;
+        if options.manual {
+            extra.insert(headers::TRIGGER.to_owned(), "manual".to_owned());
+        }
+        let job_name = job.clone();
         let mut message = Message {
             id: options.id.unwrap_or_else(MessageId::generate),
-            job: J::NAME.into(),
+            job,
             body,
-            headers: options.headers,
+            headers: extra,
             enqueued_at: SystemTime::now(),
             delay: options.delay.filter(|d| !d.is_zero()),
             group: options.group,
@@ -265,7 +305,7 @@ impl Producer {
                     Ok(Created::Existing(existing)) => return Ok(existing),
                     Err(source) if unique_key.is_some() => {
                         return Err(EnqueueError::Status {
-                            job: J::NAME,
+                            job: job_name,
                             source,
                         });
                     }
@@ -275,7 +315,7 @@ impl Producer {
                     }
                 }
             }
-            (None, Some(_)) => return Err(EnqueueError::UniqueKeyWithoutStatus(J::NAME)),
+            (None, Some(_)) => return Err(EnqueueError::UniqueKeyWithoutStatus(job_name)),
             (None, None) => false,
         };
         let telemetry = self.telemetry.as_deref();

@@ -13,8 +13,8 @@ pub use crate::delivery::{Acknowledger, Delivery, SettleError, Settlement};
 pub use crate::message::{Headers, Message, headers, unix_millis};
 pub use crate::retry::RetryDecision;
 pub use crate::schedule::{
-    RENEW_EVERY, ScheduleKey, ScheduleLease, ScheduleStore, decode_watermark, encode_watermark,
-    lease_lost,
+    RENEW_EVERY, ScheduleInfo, ScheduleKey, ScheduleLease, ScheduleStore, decode_holder,
+    decode_watermark, encode_watermark, lease_lost,
 };
 pub use crate::scope::{Requirement, Root};
 pub use crate::telemetry::{JobEvent, Telemetry};

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::broker::Broker;
 use crate::message::Headers;
-use crate::names::{Attempt, JobName, QueueName};
+use crate::names::{Attempt, JobName, MessageId, QueueName};
 use crate::outcome::Outcome;
 
 /// What a telemetry hook learns about one job attempt.
@@ -24,11 +24,15 @@ pub struct JobEvent<'a> {
     pub system: &'static str,
     /// The queue the job came from.
     pub queue: &'a QueueName,
+    /// The job's id (its message id).
+    pub id: &'a MessageId,
     /// The job name; `unknown` for a job the worker has no handler for (names from message
     /// headers must not make metric series without bound).
     pub job: &'a JobName,
     /// The attempt, from the broker.
     pub attempt: Attempt,
+    /// When the job was enqueued (for the wait before its first attempt).
+    pub enqueued_at: std::time::SystemTime,
 }
 
 /// Hooks called by workers and producers.

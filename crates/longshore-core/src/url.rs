@@ -23,28 +23,63 @@ impl BrokerUrl {
             .unwrap_or_default()
     }
 
+    /// The URLs a comma-separated list names (the nodes of a cluster), each trimmed; a
+    /// single URL gives itself.
+    pub fn alternatives(&self) -> Vec<BrokerUrl> {
+        let urls: Vec<BrokerUrl> = self
+            .0
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(BrokerUrl::new)
+            .collect();
+        if urls.is_empty() {
+            vec![self.clone()]
+        } else {
+            urls
+        }
+    }
+
     /// The URL with its password, for the broker client only.
     pub fn expose(&self) -> &str {
         &self.0
     }
 
-    /// The URL with any password replaced by `***`.
+    /// The URL with any password replaced by `***`, however malformed the URL is: whatever
+    /// stands before an `@` in the part that would be the authority counts as userinfo
+    /// (`amqps//guest:hunter2@host` and `guest:hunter2@host` too).
     pub fn redacted(&self) -> String {
-        let Some((scheme, rest)) = self.0.split_once("://") else {
-            return self.0.clone();
+        if self.0.contains(',') {
+            return self
+                .0
+                .split(',')
+                .map(|part| BrokerUrl::new(part).redacted())
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+        let url = self.0.as_str();
+        // Where the authority starts: after `://`, or (a mistyped scheme) after the last `/`
+        // before the first `@`, or at the start.
+        let start = match url.find("://") {
+            Some(at) => at + 3,
+            None => match url.find('@') {
+                Some(at) => url[..at].rfind('/').map_or(0, |slash| slash + 1),
+                None => return url.to_owned(),
+            },
         };
+        let rest = &url[start..];
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
+        let authority = &rest[..authority_end];
         match authority.rsplit_once('@') {
-            Some((userinfo, host)) => {
+            Some((userinfo, _)) if userinfo.contains(':') => {
                 let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-                if userinfo.contains(':') {
-                    format!("{scheme}://{user}:***@{host}{tail}")
-                } else {
-                    format!("{scheme}://{user}@{host}{tail}")
-                }
+                format!(
+                    "{}{user}:***{}",
+                    &url[..start],
+                    &url[start + userinfo.len()..]
+                )
             }
-            None => self.0.clone(),
+            _ => url.to_owned(),
         }
     }
 }
@@ -107,6 +142,38 @@ mod tests {
             BrokerUrl::new("amqp://host/v@host").to_string(),
             "amqp://host/v@host"
         );
+    }
+
+    #[test]
+    fn lists_of_urls_hide_every_password() {
+        let list = BrokerUrl::new("amqp://a:one@n1:5672/%2f, amqp://b:two@n2:5673/%2f");
+        assert_eq!(
+            list.to_string(),
+            "amqp://a:***@n1:5672/%2f, amqp://b:***@n2:5673/%2f"
+        );
+        let nodes = list.alternatives();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[1].expose(), "amqp://b:two@n2:5673/%2f");
+        assert_eq!(BrokerUrl::new("memory://").alternatives().len(), 1);
+    }
+
+    #[test]
+    fn mistyped_urls_hide_their_passwords_too() {
+        for (typed, shown) in [
+            ("amqps//guest:hunter2@host", "amqps//guest:***@host"),
+            (
+                "amqp:/guest:hunter2@host:5672/%2f",
+                "amqp:/guest:***@host:5672/%2f",
+            ),
+            ("guest:hunter2@host", "guest:***@host"),
+            ("amqp://guest:hun@ter2@host/v", "amqp://guest:***@host/v"),
+        ] {
+            let url = BrokerUrl::new(typed);
+            assert_eq!(url.to_string(), shown);
+            assert!(
+                !format!("{url:?}").contains("hunter2") && !format!("{url:?}").contains("ter2")
+            );
+        }
     }
 }
 

@@ -1,6 +1,12 @@
-//! [longshore](https://docs.rs/longshore) over HTTP, on axum: the job-status API for
-//! frontends ([`jobs`]), as a router to mount in your own axum app or as a listener of its
-//! own.
+//! [longshore](https://docs.rs/longshore) over HTTP, on axum:
+//!
+//! - [`router`]: the job-status API for frontends ([`jobs`]);
+//! - [`probes`]: `/healthz`, `/readyz` and `/metrics` for containers and Prometheus;
+//! - [`Dashboard`]: a page and its API to watch queues, workers and jobs, and to redrive
+//!   dead letters.
+//!
+//! Each is an axum router: mount it in your own app, or merge them and [`serve`] them on a
+//! listener of their own.
 //!
 //! ```no_run
 //! use longshore_core::status::{JobStatuses, MemoryStatusStore};
@@ -18,15 +24,20 @@
 //!
 //! Frontends on another origin need CORS; add `tower_http::cors::CorsLayer` to the router.
 
+pub mod dashboard;
 pub mod jobs;
-
-use std::net::SocketAddr;
+pub mod metrics;
+mod probes;
+mod serve;
 
 use axum::Router;
 use axum::routing::{get, post};
 use longshore_core::status::JobStatuses;
-use tokio::net::{TcpListener, ToSocketAddrs};
-use tokio::task::JoinHandle;
+
+pub use dashboard::Dashboard;
+pub use metrics::Metrics;
+pub use probes::probes;
+pub use serve::{Server, serve};
 
 /// The job-status routes (`/jobs/{id}`, `/jobs/{id}/events`, `/jobs/{id}/cancel`) on
 /// `statuses`. Mount it with `Router::nest` or `Router::merge`.
@@ -40,42 +51,4 @@ pub fn router(statuses: JobStatuses) -> Router {
         .route("/jobs/{id}/events", get(jobs::events))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .with_state(state)
-}
-
-/// A listener serving a router; stops when dropped (or at [`Server::shutdown`]).
-#[derive(Debug)]
-pub struct Server {
-    address: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Server {
-    /// The address it listens on (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.address
-    }
-
-    /// Stops listening.
-    pub fn shutdown(self) {
-        self.task.abort();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Serves `router` on `address` until the returned [`Server`] is dropped.
-pub async fn serve(address: impl ToSocketAddrs, router: Router) -> std::io::Result<Server> {
-    let listener = TcpListener::bind(address).await?;
-    let address = listener.local_addr()?;
-    tracing::info!(%address, "HTTP listening");
-    let task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router).await {
-            tracing::error!(%error, "the HTTP listener stopped");
-        }
-    });
-    Ok(Server { address, task })
 }

@@ -18,13 +18,16 @@
 //! - export: OTLP over HTTP/protobuf to `OTEL_EXPORTER_OTLP_ENDPOINT` (or the per-signal
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `..._METRICS_ENDPOINT`), resource from
 //!   `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`, batching from `OTEL_BSP_*` and
-//!   `OTEL_METRIC_EXPORT_INTERVAL`. Without an endpoint (or with `OTEL_SDK_DISABLED=true`)
+//!   `OTEL_METRIC_EXPORT_INTERVAL`; `OTEL_METRICS_EXPORTER=none` exports traces only (for a
+//!   collector such as Jaeger that takes no metrics; Prometheus can scrape
+//!   `longshore_http::probes`' `/metrics`). Without an endpoint (or with `OTEL_SDK_DISABLED=true`)
 //!   only the stdout logs are set up, and nothing else costs anything.
 //!
 //! Keep the returned [`TelemetryGuard`] until the worker has stopped: dropping it (or
 //! [`TelemetryGuard::shutdown`]) flushes what is still buffered.
 //!
-//! [`health`] serves `/healthz`, `/readyz` and `/metrics` for container probes.
+//! Container probes and Prometheus metrics (`/healthz`, `/readyz`, `/metrics`) are in
+//! `longshore-http` (`longshore_http::probes`).
 //!
 //! ```no_run
 //! use longshore_core::{Job, JobError, MemoryBroker, Worker};
@@ -46,14 +49,12 @@
 //!         .telemetry(telemetry.hooks()) // continue producers' traces, count jobs
 //!         .handler(ping)
 //!         .build()?;
-//!     let _health = longshore_otel::health::serve("0.0.0.0:8080", vec![worker.health()]).await?;
 //!     worker.run().await?; // until SIGTERM
 //!     telemetry.shutdown(); // flush spans and metrics
 //!     Ok(())
 //! }
 //! ```
 
-pub mod health;
 mod hooks;
 
 use std::sync::Arc;
@@ -109,11 +110,16 @@ pub struct Config {
     pub endpoint: Option<String>,
     /// The `service.name` resource attribute; `None` leaves it to `OTEL_SERVICE_NAME`.
     pub service_name: Option<String>,
-    /// The stdout log filter (`RUST_LOG`; `info` when unset).
+    /// The stdout log filter (`RUST_LOG`; `info` when unset). `lapin` and `amq_protocol`
+    /// log at INFO at most unless the filter names them (their TRACE output carries broker
+    /// frames, the password among them).
     pub log_filter: Option<String>,
     /// Which spans are exported (`LONGSHORE_TRACE_FILTER`; `info` when unset, which keeps
     /// every job and send span and drops debug-level spans).
     pub trace_filter: Option<String>,
+    /// Metrics are not exported over OTLP (`OTEL_METRICS_EXPORTER=none`: a collector that
+    /// takes only traces, such as Jaeger, or Prometheus scraping `/metrics` instead).
+    pub no_otlp_metrics: bool,
 }
 
 impl Config {
@@ -145,6 +151,8 @@ impl Config {
             service_name: None,
             log_filter: std::env::var("RUST_LOG").ok(),
             trace_filter: std::env::var("LONGSHORE_TRACE_FILTER").ok(),
+            no_otlp_metrics: std::env::var("OTEL_METRICS_EXPORTER")
+                .is_ok_and(|value| value.trim().eq_ignore_ascii_case("none")),
         }
     }
 }
@@ -226,7 +234,10 @@ pub fn init() -> Result<TelemetryGuard, InitError> {
 
 /// Sets up logs, traces and metrics as `config` says.
 pub fn init_with(config: &Config) -> Result<TelemetryGuard, InitError> {
-    let log_filter = parse_filter(config.log_filter.as_deref().unwrap_or("info"))?;
+    // Broker frames (lapin's TRACE output holds the SASL password) only when named.
+    let log_filter = parse_filter(&longshore_core::log_filter(
+        config.log_filter.as_deref().unwrap_or("info"),
+    ))?;
     // Colours on a terminal only: container logs stay plain text.
     let stdout = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -263,24 +274,25 @@ pub fn init_with(config: &Config) -> Result<TelemetryGuard, InitError> {
         signal: "traces",
         message: error.to_string(),
     })?;
-    let mut metrics = MetricExporter::builder()
-        .with_http()
-        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-    if let Some(url) = signal_url("metrics") {
-        metrics = metrics.with_endpoint(url);
-    }
-    let metrics = metrics.build().map_err(|error| InitError::Exporter {
-        signal: "metrics",
-        message: error.to_string(),
-    })?;
     let tracer_provider = SdkTracerProvider::builder()
         .with_batch_exporter(spans)
         .with_resource(resource.clone())
         .build();
-    let meter_provider = SdkMeterProvider::builder()
-        .with_periodic_exporter(metrics)
-        .with_resource(resource)
-        .build();
+    let mut meter_provider = SdkMeterProvider::builder().with_resource(resource);
+    if !config.no_otlp_metrics {
+        let mut metrics = MetricExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+        if let Some(url) = signal_url("metrics") {
+            metrics = metrics.with_endpoint(url);
+        }
+        let metrics = metrics.build().map_err(|error| InitError::Exporter {
+            signal: "metrics",
+            message: error.to_string(),
+        })?;
+        meter_provider = meter_provider.with_periodic_exporter(metrics);
+    }
+    let meter_provider = meter_provider.build();
 
     // The exporters' own HTTP client must not trace itself into the export.
     let trace_filter = parse_filter(&format!(

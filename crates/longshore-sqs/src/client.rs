@@ -32,12 +32,67 @@ pub(crate) async fn client(url: &BrokerUrl, overrides: &Overrides) -> Result<Cli
         ));
     }
     let config = loader.load().await;
-    if config.region().is_none() {
+    let Some(region) = config.region().map(ToString::to_string) else {
         return Err(BrokerError::Connection(
             "no AWS region configured: set AWS_REGION (or a profile's region)".into(),
         ));
+    };
+    let endpoint = config.endpoint_url().map_or_else(
+        || format!("https://sqs.{region}.amazonaws.com"),
+        str::to_owned,
+    );
+    let client = Client::new(&config);
+    reach(&client, &endpoint, &region).await?;
+    Ok(client)
+}
+
+/// How long the first call may take before `connect` gives up (the SDK retries inside).
+const FIRST_CALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Makes a first call, so that a wrong endpoint, region or credentials fail `connect` with
+/// an error naming the endpoint and the cause (not the first job's declare). Being refused
+/// `ListQueues` itself is fine: the endpoint answered and took the credentials.
+async fn reach(client: &Client, endpoint: &str, region: &str) -> Result<(), BrokerError> {
+    let call = client.list_queues().max_results(1).send();
+    let error = match tokio::time::timeout(FIRST_CALL, call).await {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(error)) => error,
+        Err(_) => {
+            return Err(BrokerError::Connection(
+                format!("SQS at {endpoint} (region {region}) did not answer within {FIRST_CALL:?}")
+                    .into(),
+            ));
+        }
+    };
+    let code = error.code().unwrap_or_default().to_owned();
+    if code.starts_with("AccessDenied") {
+        return Ok(());
     }
-    Ok(Client::new(&config))
+    let detail = aws_sdk_sqs::error::DisplayErrorContext(&error).to_string();
+    let problem = match &error {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            format!("cannot reach SQS at {endpoint} (region {region}): {detail}")
+        }
+        SdkError::ConstructionFailure(_) => format!(
+            "cannot call SQS at {endpoint} (region {region}): {detail} (are AWS credentials \
+             configured? AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role)"
+        ),
+        _ if matches!(
+            code.as_str(),
+            "InvalidClientTokenId"
+                | "UnrecognizedClientException"
+                | "SignatureDoesNotMatch"
+                | "ExpiredToken"
+                | "InvalidAccessKeyId"
+        ) =>
+        {
+            format!(
+                "SQS at {endpoint} (region {region}) refused the credentials ({code}): {detail}"
+            )
+        }
+        _ => format!("SQS at {endpoint} (region {region}) failed the first call: {detail}"),
+    };
+    Err(BrokerError::Connection(problem.into()))
 }
 
 /// Settings that take precedence over the AWS configuration chain.
@@ -107,6 +162,10 @@ pub(crate) fn is_lost_lease(code: Option<&str>) -> bool {
 }
 
 /// Maps an SDK error about `queue`.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "taken as `map_err(|error| broker_error(error, queue))` takes it"
+)]
 pub(crate) fn broker_error<E, R>(error: SdkError<E, R>, queue: &QueueName) -> BrokerError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -119,7 +178,14 @@ where
     }
     match &error {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            BrokerError::Connection(Box::new(error))
+            // The whole chain: "dispatch failure" alone does not say "connection refused".
+            BrokerError::Connection(
+                format!(
+                    "SQS call for queue `{queue}` failed: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&error)
+                )
+                .into(),
+            )
         }
         _ => {
             let code = error.code().unwrap_or("unknown").to_owned();

@@ -51,6 +51,24 @@ pub(crate) struct Gate<T> {
     pub(crate) ready: Notify,
 }
 
+/// The gate looks at its restarts for old ones once it holds this many.
+const PRUNE_AT: usize = 1024;
+/// A restart matters while its retry is pending, and for this long after (a message
+/// received before it cannot still be on its way after that).
+const RESTART_MATTERS: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Forgets the restarts that no longer matter: no retry pending, and older than
+/// [`RESTART_MATTERS`]. Without it every group ever retried stays in memory.
+fn prune(restarted: &mut HashMap<String, Restart>, now: Instant) {
+    restarted.retain(|_, restart| {
+        restart
+            .retry
+            .as_ref()
+            .is_some_and(|(until, _)| *until > now)
+            || now.saturating_duration_since(restart.at) < RESTART_MATTERS
+    });
+}
+
 struct State<T> {
     busy: HashSet<String>,
     held: HashMap<String, VecDeque<T>>,
@@ -148,6 +166,9 @@ impl<T: Held> Gate<T> {
         };
         state.busy.remove(group);
         let until = retry.as_ref().map(|(until, _)| *until);
+        if state.restarted.len() >= PRUNE_AT {
+            prune(&mut state.restarted, Instant::now());
+        }
         state.restarted.insert(
             group.to_owned(),
             Restart {
@@ -231,6 +252,40 @@ mod tests {
         fn held(&self) -> bool {
             matches!(self, Admit::Held)
         }
+    }
+
+    #[test]
+    fn old_restarts_are_forgotten_and_pending_retries_kept() {
+        let now = Instant::now();
+        let old = now.checked_sub(RESTART_MATTERS * 2).unwrap_or(now);
+        let mut restarted = HashMap::new();
+        for n in 0..PRUNE_AT {
+            restarted.insert(
+                format!("old-{n}"),
+                Restart {
+                    at: old,
+                    retry: None,
+                },
+            );
+        }
+        restarted.insert(
+            "recent".into(),
+            Restart {
+                at: now,
+                retry: None,
+            },
+        );
+        restarted.insert(
+            "waiting".into(),
+            Restart {
+                at: old,
+                retry: Some((now + std::time::Duration::from_secs(3600), "id".into())),
+            },
+        );
+        prune(&mut restarted, now);
+        let mut left: Vec<&str> = restarted.keys().map(String::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["recent", "waiting"]);
     }
 
     #[test]

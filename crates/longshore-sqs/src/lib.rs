@@ -23,7 +23,11 @@
 
 mod client;
 mod consume;
+mod dead_letters;
 mod fifo;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod publish;
 mod queue;
 mod received;
@@ -37,8 +41,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
+use longshore_core::check::{DeadLetterTarget, QueueFacts};
+use longshore_core::dead_letters::DeadLetters;
 use longshore_core::spi::{
-    ConsumeOptions, DeliveryStream, Message, ScheduleKey, ScheduleLease, ScheduleStore,
+    ConsumeOptions, DeliveryStream, Message, ScheduleInfo, ScheduleKey, ScheduleLease,
+    ScheduleStore,
 };
 use longshore_core::{Broker, BrokerError, BrokerUrl, QueueName, QueueOptions, QueueStats};
 use queue::QueueCtx;
@@ -247,6 +254,28 @@ impl Broker for SqsBroker {
         Some(self)
     }
 
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
+    }
+
+    async fn list_queues(&self) -> Result<Option<Vec<QueueName>>, BrokerError> {
+        topology::list(&self.inner.client).await.map(Some)
+    }
+
+    async fn inspect(&self, queue: &QueueName) -> Result<QueueFacts, BrokerError> {
+        let info = topology::inspect(&self.inner.client, queue, false).await?;
+        let dead_letters = match &info.dead_letter {
+            Some((dlq, _)) => DeadLetterTarget::Queue(dlq.clone()),
+            None => DeadLetterTarget::Missing("it has no redrive policy".into()),
+        };
+        let mut facts = QueueFacts::default();
+        facts.max_receive_count = info.max_receive_count;
+        facts.visibility_timeout = Some(info.visibility);
+        facts.dead_letters = dead_letters;
+        self.remember(queue, info);
+        Ok(facts)
+    }
+
     fn is_connected(&self) -> bool {
         self.inner
             .queues
@@ -268,5 +297,9 @@ impl ScheduleStore for SqsBroker {
 
     async fn delete(&self, key: &ScheduleKey) -> Result<(), BrokerError> {
         schedule::delete(self, key).await
+    }
+
+    async fn list(&self, queue: &QueueName) -> Result<Vec<ScheduleInfo>, BrokerError> {
+        schedule::list(self, queue).await
     }
 }

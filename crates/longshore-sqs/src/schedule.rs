@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use longshore_core::spi::{
-    Message, ScheduleKey, ScheduleLease, decode_watermark, encode_watermark, lease_lost,
-    unix_millis,
+    Message, ScheduleInfo, ScheduleKey, ScheduleLease, decode_holder, decode_watermark,
+    encode_watermark, lease_lost, unix_millis,
 };
 use longshore_core::{Broker, BrokerError, QueueName};
 use tokio::time::Instant;
@@ -101,6 +101,67 @@ pub(crate) async fn delete(broker: &SqsBroker, key: &ScheduleKey) -> Result<(), 
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .remove(&name);
     crate::topology::delete(client, &name, &url).await
+}
+
+/// The schedules of `queue`: its token queues. Whether one is held is whether its token is
+/// in flight; the watermark and the holder who recorded it are read from a token that is
+/// not (a held token cannot be read without taking the lease).
+pub(crate) async fn list(
+    broker: &SqsBroker,
+    queue: &QueueName,
+) -> Result<Vec<ScheduleInfo>, BrokerError> {
+    let probe = ScheduleKey {
+        queue: queue.clone(),
+        name: String::new(),
+    };
+    let prefix = lease_queue_name(&probe)?;
+    let prefix = prefix.trim_end_matches(".fifo");
+    let client = &broker.inner.client;
+    let mut out = Vec::new();
+    for url in crate::topology::urls_with_prefix(client, prefix).await? {
+        let queue_name = url.rsplit('/').next().unwrap_or_default();
+        let name = queue_name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(".fifo"))
+            .unwrap_or_default()
+            .to_owned();
+        let name_q = QueueName::new(queue_name);
+        let counts = client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|error| broker_error(error, &name_q))?;
+        let in_flight = counts
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        let (mut watermark, mut holder) = (None, None);
+        if in_flight == 0 {
+            let peeked = client
+                .receive_message()
+                .queue_url(&url)
+                .visibility_timeout(0)
+                .max_number_of_messages(1)
+                .send()
+                .await
+                .map_err(|error| broker_error(error, &name_q))?;
+            if let Some(body) = peeked.messages().first().and_then(|m| m.body()) {
+                watermark = decode_watermark(body.as_bytes());
+                holder = decode_holder(body.as_bytes());
+            }
+        }
+        out.push(ScheduleInfo {
+            name,
+            held: Some(in_flight > 0),
+            holder,
+            watermark,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 /// A held lease: the receipt handles of the token(s) received.

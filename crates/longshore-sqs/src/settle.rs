@@ -19,6 +19,24 @@ use crate::queue::QueueCtx;
 use crate::received::Received;
 use crate::topology::seconds_up;
 
+/// A retry delay in whole seconds (SQS's visibility timeout), at most 12 hours, rounded
+/// down or up at random in proportion (`draw` uniform in [0, 1)): 1.37 s waits 1 s 63% of
+/// the time and 2 s 37%. The mean stays the delay the retry policy drew, so full jitter
+/// keeps its spread; rounding every draw up would put all the first retries of a 1 s
+/// policy at 1 s. A draw of 0 s retries at once, as full jitter may.
+pub(crate) fn whole_seconds(delay: Duration, draw: f64) -> u64 {
+    if delay > MAX_VISIBILITY {
+        tracing::warn!(
+            ?delay,
+            "SQS retries wait at most 12 hours (the longest visibility timeout)"
+        );
+    }
+    let delay = delay.min(MAX_VISIBILITY);
+    let whole = delay.as_secs();
+    let fraction = f64::from(delay.subsec_nanos()) / 1e9;
+    whole + u64::from(draw < fraction)
+}
+
 /// SQS's longest visibility timeout (12 hours).
 pub(crate) const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
 
@@ -157,15 +175,8 @@ impl SqsAcknowledger {
             Settlement::Ack => self.delete(&message.id).await,
             Settlement::Release => self.change_visibility(&message.id, 0).await,
             Settlement::Retry { delay } => {
-                // Never visibility 0 for a retry (a hot redelivery loop); at most 12 hours.
-                if delay > MAX_VISIBILITY {
-                    tracing::warn!(
-                        ?delay,
-                        "SQS retries wait at most 12 hours (the longest visibility timeout)"
-                    );
-                }
-                let seconds = seconds_up(delay.min(MAX_VISIBILITY)).max(1);
-                self.change_visibility(&message.id, seconds).await
+                // `settle` made the delay whole seconds, at most 12 hours.
+                self.change_visibility(&message.id, seconds_up(delay)).await
             }
             Settlement::DeadLetter { reason } => self.dead_letter(message, attempt, reason).await,
         }
@@ -181,12 +192,26 @@ impl Acknowledger for SqsAcknowledger {
         settlement: Settlement,
     ) -> Result<(), BrokerError> {
         self.settling.store(true, Ordering::Relaxed);
+        let settlement = match settlement {
+            Settlement::Retry { delay } => {
+                let mut seconds = whole_seconds(delay, fastrand::f64());
+                if self.group.is_some() {
+                    // FIFO: the group waits for its retry; a retry visible at once could
+                    // be received behind the group's next messages, which the gate hands
+                    // back as the retry ends. At least a second keeps the group in order.
+                    seconds = seconds.max(1);
+                }
+                Settlement::Retry {
+                    delay: Duration::from_secs(seconds),
+                }
+            }
+            other => other,
+        };
         let how = match &settlement {
             Settlement::Ack | Settlement::DeadLetter { .. } => Ended::Done,
             Settlement::Release => Ended::Returned,
             Settlement::Retry { delay } => Ended::Retried {
-                until: Instant::now()
-                    + Duration::from_secs(seconds_up((*delay).min(MAX_VISIBILITY)).max(1) as u64),
+                until: Instant::now() + *delay,
                 sqs_id: self.sqs_id.clone(),
             },
         };
@@ -269,4 +294,26 @@ pub(crate) async fn hand_back(acknowledger: SqsAcknowledger) {
         tracing::debug!(%error, "could not hand back a message; it comes back after its visibility timeout");
     }
     acknowledger.end(Ended::Returned);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::whole_seconds;
+
+    #[test]
+    fn retry_delays_are_whole_seconds_that_keep_their_mean() {
+        let delay = Duration::from_millis(1370);
+        assert_eq!(whole_seconds(delay, 0.0), 2);
+        assert_eq!(whole_seconds(delay, 0.5), 1);
+        let draws = 1000;
+        let mean = (0..draws)
+            .map(|i| whole_seconds(delay, f64::from(i) / f64::from(draws)))
+            .sum::<u64>() as f64
+            / f64::from(draws);
+        assert!((mean - 1.37).abs() < 0.01, "{mean}");
+        assert_eq!(whole_seconds(Duration::from_millis(300), 0.9), 0);
+        assert_eq!(whole_seconds(Duration::from_secs(50_000), 0.0), 43_200);
+    }
 }

@@ -31,6 +31,45 @@ pub(crate) fn dead_letter_name(name: &str) -> String {
     }
 }
 
+/// The names of every queue (not dead-letter or schedule queues), by `ListQueues`.
+pub(crate) async fn list(client: &Client) -> Result<Vec<QueueName>, BrokerError> {
+    let mut names = Vec::new();
+    let mut pages = client
+        .list_queues()
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|error| broker_error(error, &QueueName::new("(all queues)")))?;
+        for url in page.queue_urls.unwrap_or_default() {
+            let name = url.rsplit('/').next().unwrap_or_default().to_owned();
+            let hidden = name.contains("-schedule-")
+                || name.ends_with("-dlq")
+                || name.ends_with("-dlq.fifo");
+            if !hidden {
+                names.push(QueueName::new(name));
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The URLs of queues whose names start with `prefix`.
+pub(crate) async fn urls_with_prefix(
+    client: &Client,
+    prefix: &str,
+) -> Result<Vec<String>, BrokerError> {
+    let output = client
+        .list_queues()
+        .queue_name_prefix(prefix)
+        .max_results(1000)
+        .send()
+        .await
+        .map_err(|error| broker_error(error, &QueueName::new(prefix)))?;
+    Ok(output.queue_urls.unwrap_or_default())
+}
+
 pub(crate) async fn url_of(client: &Client, queue: &QueueName) -> Result<String, BrokerError> {
     match address(queue) {
         Address::Url(url) => Ok(url),

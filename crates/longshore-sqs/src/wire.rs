@@ -5,7 +5,9 @@
 //! - `longshore-meta` (String, optional): a JSON object with the message id (`id`), enqueue
 //!   time (`enqueued_at`, Unix ms), the due time of a long delay (`due_at`), the trace
 //!   context (`traceparent`, `tracestate`) and, on dead letters, `longshore-dead-*`;
-//! - every other String or Number attribute is a user header.
+//! - every other String or Number attribute is a user header; a Binary attribute is kept as
+//!   it came (through retries, dead letters and redrives), under the header
+//!   `longshore-binary:<name>` with its bytes in base64.
 //!
 //! The attempt is SQS's own `ApproximateReceiveCount`.
 
@@ -26,6 +28,52 @@ pub(crate) const MAX_ATTRIBUTES: usize = 10;
 pub(crate) const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 const DUE_AT: &str = "due_at";
+/// The header prefix under which a Binary attribute travels.
+const BINARY: &str = "longshore-binary:";
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(BASE64[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for byte in text.bytes().filter(|b| *b != b'=') {
+        let value = BASE64.iter().position(|c| *c == byte)? as u32;
+        buffer = (buffer << 6) | value;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+fn binary(bytes: Vec<u8>) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("Binary")
+        .binary_value(aws_sdk_sqs::primitives::Blob::new(bytes))
+        .build()
+        .expect("data type is set")
+}
 
 /// Headers that travel inside `longshore-meta` rather than as attributes of their own.
 fn packed(name: &str) -> bool {
@@ -67,7 +115,11 @@ pub(crate) fn encode(
         attributes.push((JOB.to_owned(), string(message.job.as_str())));
     }
     for (name, value) in &message.headers {
-        if packed(name) {
+        if let Some(original) = name.strip_prefix(BINARY) {
+            if let Some(bytes) = base64_decode(value) {
+                attributes.push((original.to_owned(), binary(bytes)));
+            }
+        } else if packed(name) {
             meta.insert(name.clone(), serde_json::Value::from(value.as_str()));
         } else {
             attributes.push((name.clone(), string(value.as_str())));
@@ -115,6 +167,15 @@ pub(crate) fn decode(
     let mut due_at = None;
     for (name, value) in attributes.into_iter().flatten() {
         let Some(text) = value.string_value() else {
+            if let Some(bytes) = value.binary_value() {
+                if name == JOB {
+                    wire.insert(
+                        headers::WIRE_ERROR.to_owned(),
+                        format!("the `{JOB}` attribute is Binary, not String"),
+                    );
+                }
+                wire.insert(format!("{BINARY}{name}"), base64_encode(bytes.as_ref()));
+            }
             continue;
         };
         if name == META {
@@ -192,6 +253,50 @@ mod tests {
         );
         assert_eq!(back.headers.get("tenant").map(String::as_str), Some("acme"));
         assert_eq!(due, None);
+    }
+
+    #[test]
+    fn base64_round_trips() {
+        for bytes in [
+            &b""[..],
+            b"f",
+            b"fo",
+            b"foo",
+            b"foob",
+            b"\x00\xff\x10binary",
+        ] {
+            assert_eq!(base64_decode(&base64_encode(bytes)).as_deref(), Some(bytes));
+        }
+        assert_eq!(base64_encode(b"hello"), "aGVsbG8=");
+    }
+
+    #[test]
+    fn a_binary_job_name_says_so_and_binary_attributes_are_kept() {
+        let received = received(vec![
+            (JOB.to_owned(), binary(b"resize".to_vec())),
+            ("blob".to_owned(), binary(vec![0, 255, 7])),
+        ]);
+        let (message, _) = decode(Some("{}"), Some(&received), Some("sqs-id"));
+        assert_eq!(message.job.as_str(), "");
+        assert_eq!(
+            message.headers.get(headers::WIRE_ERROR).map(String::as_str),
+            Some("the `longshore-job` attribute is Binary, not String")
+        );
+        let attributes = encode(&message, None).unwrap();
+        let blob = attributes.iter().find(|(n, _)| n == "blob").expect("kept");
+        assert_eq!(blob.1.data_type(), "Binary");
+        assert_eq!(
+            blob.1.binary_value().map(|b| b.as_ref().to_vec()),
+            Some(vec![0, 255, 7])
+        );
+        let job = attributes
+            .iter()
+            .find(|(n, _)| n == JOB)
+            .expect("the job attribute, as it came");
+        assert_eq!(
+            job.1.binary_value().map(|b| b.as_ref().to_vec()),
+            Some(b"resize".to_vec())
+        );
     }
 
     #[test]

@@ -35,30 +35,47 @@ CREATE TABLE IF NOT EXISTS longshore_job_events (
     PRIMARY KEY (id, seq)
 );
 
--- Applies changes in order (`patches` is a JSON array, `expires` Unix seconds), each
--- atomically: merges the patch into the status, gives it the next sequence number, keeps the new version as an event, moves the expiry, and notifies
--- `longshore_status` with `<id> <seq> <c|->` (c: cancellation asked for, unfinished).
+-- Applies a batch of changes to distinct jobs (the store folds a job's changes into one
+-- first), in one statement: merges each patch (`patches` is a JSON array, `expires` Unix
+-- seconds) into the status, gives it the next sequence number, keeps the new version as an
+-- event and moves the expiry. Then notifies, once for the batch, one line `<id> <seq> <c|->`
+-- per change (c: cancellation asked for, unfinished) on `longshore_status`, and the lines
+-- with c on `longshore_cancel` (what workers listen to).
 CREATE OR REPLACE FUNCTION longshore_apply(ids text[], patches jsonb, expires double precision[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    i integer;
-    changed longshore_jobs%ROWTYPE;
+    lines text;
+    cancels text;
 BEGIN
-    FOR i IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
-        UPDATE longshore_jobs
-           SET seq = seq + 1,
-               data = data || (patches -> (i - 1)) || jsonb_build_object('seq', seq + 1),
-               state = coalesce((patches -> (i - 1)) ->> 'state', state),
-               cancel_requested = coalesce(((patches -> (i - 1)) ->> 'cancel_requested')::boolean, cancel_requested),
-               expires_at = to_timestamp(expires[i])
-         WHERE id = ids[i] AND expires_at > now()
-        RETURNING * INTO changed;
-        IF FOUND THEN
-            INSERT INTO longshore_job_events (id, seq, data) VALUES (changed.id, changed.seq, changed.data);
-            PERFORM pg_notify('longshore_status', changed.id || ' ' || changed.seq || ' ' ||
-                CASE WHEN changed.cancel_requested AND changed.state IN ('queued', 'running', 'retrying')
-                     THEN 'c' ELSE '-' END);
-        END IF;
-    END LOOP;
+    WITH input AS (
+        SELECT i.id, i.patch, i.expires
+          FROM ROWS FROM (unnest(ids), jsonb_array_elements(patches), unnest(expires))
+               AS i(id, patch, expires)
+    ), changed AS (
+        UPDATE longshore_jobs j
+           SET seq = j.seq + 1,
+               data = j.data || i.patch || jsonb_build_object('seq', j.seq + 1),
+               state = coalesce(i.patch ->> 'state', j.state),
+               cancel_requested = coalesce((i.patch ->> 'cancel_requested')::boolean, j.cancel_requested),
+               expires_at = to_timestamp(i.expires)
+          FROM input i
+         WHERE j.id = i.id AND j.expires_at > now()
+        RETURNING j.id, j.seq, j.data,
+                  j.cancel_requested AND j.state IN ('queued', 'running', 'retrying') AS cancel
+    ), events AS (
+        INSERT INTO longshore_job_events (id, seq, data) SELECT id, seq, data FROM changed
+    ), notices AS (
+        SELECT id || ' ' || seq || ' ' || CASE WHEN cancel THEN 'c' ELSE '-' END AS line, cancel
+          FROM changed
+    )
+    SELECT string_agg(line, E'\n'), string_agg(line, E'\n') FILTER (WHERE cancel)
+      INTO lines, cancels
+      FROM notices;
+    IF lines IS NOT NULL THEN
+        PERFORM pg_notify('longshore_status', lines);
+    END IF;
+    IF cancels IS NOT NULL THEN
+        PERFORM pg_notify('longshore_cancel', cancels);
+    END IF;
 END
 $$;

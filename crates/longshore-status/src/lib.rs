@@ -24,7 +24,7 @@ mod redis;
 use longshore_core::status::{JobStatuses, MemoryStatusStore, StatusError};
 
 #[cfg(feature = "postgres")]
-pub use postgres::{CHANNEL, MIGRATION, PostgresStatusStore};
+pub use postgres::{CANCEL_CHANNEL, CHANNEL, MIGRATION, PostgresStatusStore};
 #[cfg(feature = "redis")]
 pub use redis::RedisStatusStore;
 

@@ -6,7 +6,8 @@
 //! columns queried: state, sequence number, unique key, cancellation, expiry) with a partial
 //! unique index that lets one unfinished job hold a unique key; `longshore_job_events`
 //! (every version, by sequence number); the function `longshore_apply` that merges a batch
-//! of changes in order, one round trip, and notifies `longshore_status`. Expired statuses
+//! of changes to distinct jobs in one statement and notifies `longshore_status` (every
+//! change) and `longshore_cancel` (cancellation requests). Expired statuses
 //! are deleted by [`purge_expired`](StatusStore::purge_expired), which workers call every
 //! minute.
 
@@ -15,7 +16,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use longshore_core::status::{Change, Created, JobStatus, Notice, StatusError, StatusStore};
+use longshore_core::status::{
+    Change, Created, JobStatus, Notice, StatusError, StatusStore, coalesce,
+};
 use longshore_core::{MessageId, QueueName};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::types::Json;
@@ -23,8 +26,10 @@ use sqlx::types::Json;
 /// The schema, as [`PostgresStatusStore::migrate`] runs it (idempotent).
 pub const MIGRATION: &str = include_str!("../migrations/postgres.sql");
 
-/// The channel changes are notified on.
+/// The channel changes are notified on: one line `<id> <seq> <c|->` per change.
 pub const CHANNEL: &str = "longshore_status";
+/// The channel cancellation requests are notified on (what workers listen to).
+pub const CANCEL_CHANNEL: &str = "longshore_cancel";
 
 /// Job statuses in PostgreSQL. Cheap to clone (the pool is).
 #[derive(Clone, Debug)]
@@ -53,6 +58,7 @@ impl PostgresStatusStore {
     pub async fn connect(url: &str) -> Result<Self, StatusError> {
         let pool = PgPoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .acquire_timeout(std::time::Duration::from_secs(3))
             .connect(url)
             .await
@@ -73,6 +79,7 @@ impl PostgresStatusStore {
     pub fn connect_lazy(url: &str) -> Result<Self, StatusError> {
         let pool = PgPoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .acquire_timeout(std::time::Duration::from_secs(3))
             .connect_lazy(url)
             .map_err(|error| {
@@ -118,6 +125,54 @@ fn decode(data: Json<JobStatus>) -> JobStatus {
     data.0
 }
 
+/// The most bytes of patches sent in one statement. sqlx 0.9 leaves Nagle's algorithm on
+/// (launchbadge/sqlx#4335): a statement written as two TLS records waits for the server's
+/// delayed ACK (40 ms on Linux). One record holds 16 KiB.
+const CHUNK_BYTES: usize = 12 * 1024;
+/// The most bytes of notice lines one statement makes (`NOTIFY` payloads end at 8000).
+const NOTICE_BYTES: usize = 7000;
+
+/// One statement's share of a batch.
+#[derive(Default)]
+struct Chunk {
+    ids: Vec<String>,
+    /// A JSON array of the patches, as text.
+    patches: String,
+    expires: Vec<f64>,
+    notice_bytes: usize,
+}
+
+/// Splits distinct jobs' changes into statements small enough for one TLS record and one
+/// notice each.
+fn chunks(changes: &[Change]) -> Result<Vec<Chunk>, serde_json::Error> {
+    let mut chunks = Vec::new();
+    let mut chunk = Chunk::default();
+    for change in changes {
+        let patch = serde_json::to_string(&change.patch)?;
+        let line = change.id.as_str().len() + 24;
+        if !chunk.ids.is_empty()
+            && (chunk.patches.len() + patch.len() > CHUNK_BYTES
+                || chunk.notice_bytes + line > NOTICE_BYTES)
+        {
+            chunks.push(std::mem::take(&mut chunk));
+        }
+        chunk
+            .patches
+            .push(if chunk.ids.is_empty() { '[' } else { ',' });
+        chunk.patches.push_str(&patch);
+        chunk.ids.push(change.id.as_str().to_owned());
+        chunk.expires.push(seconds(change.expires_at));
+        chunk.notice_bytes += line;
+    }
+    if !chunk.ids.is_empty() {
+        chunks.push(chunk);
+    }
+    for chunk in &mut chunks {
+        chunk.patches.push(']');
+    }
+    Ok(chunks)
+}
+
 #[async_trait]
 impl StatusStore for PostgresStatusStore {
     async fn create(&self, status: &JobStatus) -> Result<Created, StatusError> {
@@ -149,12 +204,6 @@ impl StatusStore for PostgresStatusStore {
                 .bind(status.id.as_str())
                 .bind(i64::try_from(status.seq).unwrap_or(i64::MAX))
                 .bind(Json(status))
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(format!("{} {} -", status.id, status.seq))
                 .execute(&mut *tx)
                 .await
                 .map_err(store_error)?;
@@ -203,20 +252,19 @@ impl StatusStore for PostgresStatusStore {
     }
 
     async fn apply(&self, changes: &[Change]) -> Result<(), StatusError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
-        let patches: Vec<&serde_json::Map<String, serde_json::Value>> =
-            changes.iter().map(|c| &c.patch).collect();
-        let expires: Vec<f64> = changes.iter().map(|c| seconds(c.expires_at)).collect();
-        sqlx::query("SELECT longshore_apply($1, $2, $3)")
-            .bind(ids)
-            .bind(Json(patches))
-            .bind(expires)
-            .execute(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let changes = coalesce(changes.iter().cloned());
+        // Distinct jobs now, so the chunks can go in parallel, each on its own connection.
+        let chunks = chunks(&changes).map_err(|e| StatusError::Store(Box::new(e)))?;
+        futures_util::future::try_join_all(chunks.into_iter().map(|chunk| async move {
+            sqlx::query("SELECT longshore_apply($1, $2::jsonb, $3)")
+                .bind(chunk.ids)
+                .bind(chunk.patches)
+                .bind(chunk.expires)
+                .execute(&self.pool)
+                .await
+                .map_err(store_error)
+        }))
+        .await?;
         Ok(())
     }
 
@@ -246,19 +294,11 @@ impl StatusStore for PostgresStatusStore {
     }
 
     async fn notices(&self) -> Result<BoxStream<'static, Notice>, StatusError> {
-        let mut listener = PgListener::connect_with(&self.pool)
-            .await
-            .map_err(store_error)?;
-        listener.listen(CHANNEL).await.map_err(store_error)?;
-        // One notice per notification; the stream ends at the first error, so its owner
-        // subscribes again and re-reads what it may have missed.
-        Ok(listener
-            .into_stream()
-            .take_while(|item| std::future::ready(item.is_ok()))
-            .filter_map(|item| {
-                std::future::ready(item.ok().and_then(|n| parse_notice(n.payload())))
-            })
-            .boxed())
+        self.listen(CHANNEL).await
+    }
+
+    async fn cancel_notices(&self) -> Result<BoxStream<'static, Notice>, StatusError> {
+        self.listen(CANCEL_CHANNEL).await
     }
 
     async fn purge_expired(&self) -> Result<u64, StatusError> {
@@ -270,7 +310,29 @@ impl StatusStore for PostgresStatusStore {
     }
 }
 
-/// `<id> <seq> <c|->` as `longshore_apply` notifies it.
+impl PostgresStatusStore {
+    /// The notices on `channel`, one per line of each notification.
+    async fn listen(&self, channel: &str) -> Result<BoxStream<'static, Notice>, StatusError> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(store_error)?;
+        listener.listen(channel).await.map_err(store_error)?;
+        // The stream ends at the first error, so its owner subscribes again and re-reads
+        // what it may have missed.
+        Ok(listener
+            .into_stream()
+            .take_while(|item| std::future::ready(item.is_ok()))
+            .flat_map(|item| {
+                let notices: Vec<Notice> = item
+                    .map(|n| n.payload().lines().filter_map(parse_notice).collect())
+                    .unwrap_or_default();
+                futures_util::stream::iter(notices)
+            })
+            .boxed())
+    }
+}
+
+/// `<id> <seq> <c|->`, one line of what `longshore_apply` notifies.
 fn parse_notice(payload: &str) -> Option<Notice> {
     let mut parts = payload.rsplitn(3, ' ');
     let flag = parts.next()?;

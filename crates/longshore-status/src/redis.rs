@@ -9,22 +9,26 @@
 //! | `<prefix>events:<id>` | list | every version of the status as JSON, oldest first (index = seq − 1) |
 //! | `<prefix>unique:<key>` | string | the id of the unfinished job holding a unique key |
 //! | `<prefix>cancels:<queue>` | set | unfinished jobs of a queue whose cancellation was asked for |
-//! | `<prefix>notices` | channel | `<id> <seq> <c\|->` for every change |
+//! | `<prefix>notices` | channel | a line `<id> <seq> <c\|->` for every change, one message per batch |
+//! | `<prefix>cancel-notices` | channel | the same lines for cancellation requests (what workers watch) |
 //!
 //! Every key of a job expires with it (`PEXPIREAT`): Redis removes statuses itself. Changes
 //! are applied by one Lua script per batch; values are kept as the JSON text Rust wrote, so
 //! no number in a result is rounded. Redis Cluster is not supported (the scripts touch keys
 //! they derive).
 
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use longshore_core::status::{Change, Created, JobStatus, Notice, StatusError, StatusStore};
+use longshore_core::status::{
+    Change, Created, JobStatus, Notice, StatusError, StatusStore, coalesce,
+};
 use longshore_core::{MessageId, QueueName};
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Client, Script};
+use redis::{AsyncCommands, Client, IntoConnectionInfo, Script};
 use serde_json::{Map, Value};
 
 const CREATE: &str = r#"
@@ -59,37 +63,40 @@ return ''
 "#;
 
 const APPLY: &str = r#"
-local p, channel = ARGV[1], ARGV[2]
-local i = 3
+local p, channel, cancel_channel = ARGV[1], ARGV[2], ARGV[3]
+local lines, cancel_lines = {}, {}
+local i = 4
 while i <= #ARGV do
   local id, expire_at, fields = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local job = p .. 'job:' .. id
   if redis.call('EXISTS', job) == 1 then
-    for f = 0, fields - 1 do
-      redis.call('HSET', job, ARGV[i + 3 + 2 * f], ARGV[i + 4 + 2 * f])
+    if fields > 0 then
+      redis.call('HSET', job, unpack(ARGV, i + 3, i + 2 + 2 * fields))
     end
     local seq = redis.call('HINCRBY', job, 'seq', 1)
     redis.call('PEXPIREAT', job, expire_at)
     local all = redis.call('HGETALL', job)
     local parts = {}
     for a = 1, #all, 2 do
-      parts[#parts + 1] = cjson.encode(all[a]) .. ':' .. all[a + 1]
+      parts[#parts + 1] = '"' .. all[a] .. '":' .. all[a + 1]
     end
     local events = p .. 'events:' .. id
     redis.call('RPUSH', events, '{' .. table.concat(parts, ',') .. '}')
     redis.call('PEXPIREAT', events, expire_at)
-    local state = redis.call('HGET', job, 'state')
+    local now = redis.call('HMGET', job, 'state', 'cancel_requested', 'queue', 'unique_key')
+    local state, asked, queue, key = now[1], now[2] == 'true', now[3], now[4]
     local finished = state == '"succeeded"' or state == '"dead_lettered"' or state == '"cancelled"'
-    local cancel = redis.call('HGET', job, 'cancel_requested') == 'true' and not finished
-    local cancels = p .. 'cancels:' .. cjson.decode(redis.call('HGET', job, 'queue'))
-    if cancel then
-      redis.call('SADD', cancels, id)
-      redis.call('PEXPIREAT', cancels, expire_at, 'NX')
-      redis.call('PEXPIREAT', cancels, expire_at, 'GT')
-    else
-      redis.call('SREM', cancels, id)
+    local cancel = asked and not finished
+    if asked then
+      local cancels = p .. 'cancels:' .. cjson.decode(queue)
+      if cancel then
+        redis.call('SADD', cancels, id)
+        redis.call('PEXPIREAT', cancels, expire_at, 'NX')
+        redis.call('PEXPIREAT', cancels, expire_at, 'GT')
+      else
+        redis.call('SREM', cancels, id)
+      end
     end
-    local key = redis.call('HGET', job, 'unique_key')
     if key and key ~= 'null' then
       local ukey = p .. 'unique:' .. cjson.decode(key)
       if redis.call('GET', ukey) == id then
@@ -100,16 +107,26 @@ while i <= #ARGV do
         end
       end
     end
-    local flag = '-'
     if cancel then
-      flag = 'c'
+      lines[#lines + 1] = id .. ' ' .. seq .. ' c'
+      cancel_lines[#cancel_lines + 1] = lines[#lines]
+    else
+      lines[#lines + 1] = id .. ' ' .. seq .. ' -'
     end
-    redis.call('PUBLISH', channel, id .. ' ' .. seq .. ' ' .. flag)
   end
   i = i + 3 + 2 * fields
 end
+if #lines > 0 then
+  redis.call('PUBLISH', channel, table.concat(lines, '\n'))
+end
+if #cancel_lines > 0 then
+  redis.call('PUBLISH', cancel_channel, table.concat(cancel_lines, '\n'))
+end
 return 0
 "#;
+
+static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CREATE));
+static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY));
 
 /// Job statuses in Redis. Cheap to clone.
 #[derive(Clone)]
@@ -148,9 +165,14 @@ fn fields(value: &Map<String, Value>) -> Vec<(String, String)> {
 impl RedisStatusStore {
     /// Connects to `url` (`redis://host:6379/0`), with keys under `longshore:`.
     pub async fn connect(url: &str) -> Result<Self, StatusError> {
-        let client = Client::open(url).map_err(|error| {
+        let invalid = |error: redis::RedisError| {
             StatusError::Store(format!("invalid Redis URL for job statuses: {error}").into())
-        })?;
+        };
+        // Nagle's algorithm would hold a large batch's last segment for the server's
+        // delayed ACK (40 ms).
+        let info = url.into_connection_info().map_err(invalid)?;
+        let tcp = info.tcp_settings().clone().set_nodelay(true);
+        let client = Client::open(info.set_tcp_settings(tcp)).map_err(invalid)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
             .set_response_timeout(Some(std::time::Duration::from_secs(5)));
@@ -177,6 +199,24 @@ impl RedisStatusStore {
 
     fn channel(&self) -> String {
         format!("{}notices", self.prefix)
+    }
+
+    fn cancel_channel(&self) -> String {
+        format!("{}cancel-notices", self.prefix)
+    }
+
+    /// The notices on `channel`, one per line of each message.
+    async fn subscribe(&self, channel: String) -> Result<BoxStream<'static, Notice>, StatusError> {
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(store_error)?;
+        pubsub.subscribe(channel).await.map_err(store_error)?;
+        Ok(pubsub
+            .into_on_message()
+            .flat_map(|message| {
+                let payload: String = message.get_payload().unwrap_or_default();
+                let notices: Vec<Notice> = payload.lines().filter_map(parse_notice).collect();
+                futures_util::stream::iter(notices)
+            })
+            .boxed())
     }
 
     fn job_key(&self, id: &MessageId) -> String {
@@ -208,8 +248,7 @@ impl StatusStore for RedisStatusStore {
         else {
             return Err(StatusError::Store("a status is a JSON object".into()));
         };
-        let script = Script::new(CREATE);
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = CREATE_SCRIPT.prepare_invoke();
         invocation
             .arg(&self.prefix)
             .arg(status.id.as_str())
@@ -253,10 +292,13 @@ impl StatusStore for RedisStatusStore {
         if changes.is_empty() {
             return Ok(());
         }
-        let script = Script::new(APPLY);
-        let mut invocation = script.prepare_invoke();
-        invocation.arg(&self.prefix).arg(self.channel());
-        for change in changes {
+        let changes = coalesce(changes.iter().cloned());
+        let mut invocation = APPLY_SCRIPT.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(self.channel())
+            .arg(self.cancel_channel());
+        for change in &changes {
             let fields = fields(&change.patch);
             invocation
                 .arg(change.id.as_str())
@@ -300,18 +342,11 @@ impl StatusStore for RedisStatusStore {
     }
 
     async fn notices(&self) -> Result<BoxStream<'static, Notice>, StatusError> {
-        let mut pubsub = self.client.get_async_pubsub().await.map_err(store_error)?;
-        pubsub
-            .subscribe(self.channel())
-            .await
-            .map_err(store_error)?;
-        Ok(pubsub
-            .into_on_message()
-            .filter_map(|message| {
-                let payload: Option<String> = message.get_payload().ok();
-                std::future::ready(payload.as_deref().and_then(parse_notice))
-            })
-            .boxed())
+        self.subscribe(self.channel()).await
+    }
+
+    async fn cancel_notices(&self) -> Result<BoxStream<'static, Notice>, StatusError> {
+        self.subscribe(self.cancel_channel()).await
     }
 
     async fn purge_expired(&self) -> Result<u64, StatusError> {

@@ -78,7 +78,9 @@
 //!
 //! Feature `otel` adds `longshore::otel`: `longshore::otel::init()` sets up logs, a span per job
 //! that continues the producer's trace, and job metrics, exported over OTLP as the `OTEL_*`
-//! environment variables say; `longshore::otel::health::serve` answers container probes.
+//! environment variables say. Feature `http` adds `longshore::http`: container probes and
+//! Prometheus metrics (`longshore::http::probes`), the job-status API for frontends and the
+//! dashboard.
 
 use std::sync::Arc;
 
@@ -92,11 +94,11 @@ pub use longshore_amqp as amqp;
 #[cfg(feature = "sqs")]
 pub use longshore_sqs as sqs;
 
-/// OpenTelemetry set-up and health endpoints (feature `otel`).
+/// OpenTelemetry set-up (feature `otel`).
 #[cfg(feature = "otel")]
 pub use longshore_otel as otel;
 
-/// The HTTP API: job status for frontends (feature `http`).
+/// HTTP: job status for frontends, probes and metrics, the dashboard (feature `http`).
 #[cfg(feature = "http")]
 pub use longshore_http as http;
 
@@ -110,11 +112,13 @@ pub use longshore_status as status_store;
 #[non_exhaustive]
 pub enum ConnectError {
     /// The URL's scheme names no broker this build supports.
-    #[error("unsupported broker URL `{url}`: expected memory://{hint}")]
+    #[error("unsupported broker URL `{url}`: this build takes {supported}{hint}")]
     UnsupportedScheme {
         /// The URL, password redacted.
         url: BrokerUrl,
-        /// Which features would add support.
+        /// The schemes this build takes.
+        supported: &'static str,
+        /// Which features would add the others.
         hint: &'static str,
     },
     /// The broker did not accept the connection.
@@ -134,6 +138,22 @@ async fn sqs_broker(url: BrokerUrl) -> Result<Arc<dyn Broker>, ConnectError> {
         Err(source) => Err(ConnectError::Broker { url, source }),
     }
 }
+
+/// The schemes this build's [`connect`] takes.
+const SUPPORTED: &str = match (cfg!(feature = "amqp"), cfg!(feature = "sqs")) {
+    (true, true) => "memory://, amqp://, amqps://, sqs:// and SQS queue URLs",
+    (true, false) => "memory://, amqp:// and amqps://",
+    (false, true) => "memory://, sqs:// and SQS queue URLs",
+    (false, false) => "memory://",
+};
+
+/// What the features this build lacks would add.
+const MISSING: &str = match (cfg!(feature = "amqp"), cfg!(feature = "sqs")) {
+    (true, true) => "",
+    (true, false) => " (the `sqs` feature adds sqs://)",
+    (false, true) => " (the `amqp` feature adds amqp:// and amqps://)",
+    (false, false) => " (the `amqp` feature adds amqp:// and amqps://, `sqs` adds sqs://)",
+};
 
 /// Connects to the broker a URL names: `memory://` (or an empty string) is the embedded
 /// in-memory broker; `amqp://user:pass@host:port/vhost` and `amqps://…` are RabbitMQ
@@ -159,7 +179,8 @@ pub async fn connect(url: impl Into<BrokerUrl>) -> Result<Arc<dyn Broker>, Conne
         }
         _ => Err(ConnectError::UnsupportedScheme {
             url,
-            hint: " (enable the `amqp` feature for amqp:// and amqps://, `sqs` for sqs://)",
+            supported: SUPPORTED,
+            hint: MISSING,
         }),
     }
 }

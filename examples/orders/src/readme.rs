@@ -1,4 +1,4 @@
-//! The README's broker and telemetry snippets, compiled with the `amqp`, `sqs` and `otel`
+//! The README's broker, telemetry, status and dashboard snippets, compiled with the
 //! features this package enables (a test checks that the README quotes them from here).
 //! They are not run here: the integration tests cover what they do against real brokers.
 
@@ -57,11 +57,15 @@ pub async fn telemetry(
     let telemetry = longshore::otel::init()?; // logs, traces, metrics from OTEL_* env
     let producer =
         longshore::Producer::new(broker.clone(), "orders").with_telemetry(telemetry.hooks()); // its `send` spans become the jobs' parents
+    let metrics = longshore::http::Metrics::new(); // Prometheus, per job type
     let worker = Worker::builder(broker, "orders")
         .telemetry(telemetry.hooks()) // continue the producer's trace, count jobs
+        .telemetry(metrics.hooks())
         .handler(fulfil)
         .build()?;
-    let _probes = longshore::otel::health::serve("0.0.0.0:8080", vec![worker.health()]).await?;
+    // /healthz, /readyz and /metrics for the container platform and Prometheus
+    let probes = longshore::http::probes(vec![worker.health()], Some(metrics));
+    let _probes = longshore::http::serve("0.0.0.0:8080", probes).await?;
     worker.run().await?;
     telemetry.shutdown(); // flush what is buffered
     // --- end ---
@@ -102,5 +106,26 @@ pub async fn status_for_frontends(
         .build()?;
     // --- end ---
     drop((id, api, worker));
+    Ok(())
+}
+
+/// The dashboard on the worker's listener, beside the probes.
+pub async fn dashboard(
+    broker: std::sync::Arc<dyn longshore::Broker>,
+    statuses: longshore::status::JobStatuses,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // --- README: Dashboard ---
+    let dashboard = longshore::http::Dashboard::new(broker.clone())
+        .statuses(statuses.clone()) // job lookup
+        .admin_token(std::env::var("LONGSHORE_ADMIN_TOKEN").unwrap_or_default());
+    let worker = Worker::builder(broker, "orders")
+        .telemetry(dashboard.failure_hooks()) // recent failures on the page
+        .handler(fulfil)
+        .build()?;
+    let page = dashboard.workers(vec![worker.health()]).router();
+    let probes = longshore::http::probes(vec![worker.health()], None);
+    let _http = longshore::http::serve("0.0.0.0:8080", probes.merge(page)).await?;
+    worker.run().await?;
+    // --- end ---
     Ok(())
 }

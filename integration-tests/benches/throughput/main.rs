@@ -124,12 +124,12 @@ async fn drain_with_worker(
 fn print(figures: &[Figure], baseline: &Figure) {
     println!();
     println!(
-        "{:<72} {:>9} {:>8} {:>7}",
+        "{:<80} {:>9} {:>8} {:>7}",
         "run", "jobs/s", "µs/job", "ratio"
     );
     for figure in figures {
         println!(
-            "{:<72} {:>9.0} {:>8.2} {:>6.0}%",
+            "{:<80} {:>9.0} {:>8.2} {:>6.0}%",
             figure.label,
             figure.per_second(),
             figure.micros_per_job(),

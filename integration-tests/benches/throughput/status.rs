@@ -97,25 +97,81 @@ async fn drain(
     elapsed
 }
 
-/// Prints each store's median drain rate and its ratio to untracked jobs.
+/// CPU seconds used so far by the processes whose names start with each of `names`
+/// (Linux `/proc`; zeros elsewhere).
+fn cpu_seconds(names: &[&str]) -> Vec<f64> {
+    let mut totals = vec![0.0; names.len()];
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return totals;
+    };
+    // Clock ticks per second: 100 on Linux.
+    let tick = 100.0;
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let used = fields
+            .get(11)
+            .zip(fields.get(12))
+            .and_then(|(u, s)| Some(u.parse::<f64>().ok()? + s.parse::<f64>().ok()?))
+            .unwrap_or(0.0)
+            / tick;
+        for (name, total) in names.iter().zip(&mut totals) {
+            if comm.starts_with(name) {
+                *total += used;
+            }
+        }
+    }
+    totals
+}
+
+/// The processes whose CPU a drain is charged with: the worker (this process), RabbitMQ,
+/// PostgreSQL and Redis.
+const PROCESSES: [&str; 4] = ["throughput", "beam.smp", "postgres", "redis-server"];
+
+/// Prints each store's median drain rate and its ratio to untracked jobs, and (with
+/// `BENCH_CPU=1`) where the CPU of each drain went, in µs per job. `BENCH_STORES` picks
+/// stores (`off,postgres`, say).
 pub(super) async fn run(jobs: u64) {
     let broker = amqp::broker().await;
     let queue = QueueName::new("longshore-bench-status");
-    let names = ["off", "memory", "redis", "postgres"];
+    let picked = std::env::var("BENCH_STORES").unwrap_or_default();
+    let names: Vec<&str> = ["off", "memory", "redis", "postgres"]
+        .into_iter()
+        .filter(|name| picked.is_empty() || picked.split(',').any(|p| p.trim() == *name))
+        .collect();
+    let show_cpu = std::env::var("BENCH_CPU").is_ok_and(|v| v == "1");
     let mut stores = Vec::new();
-    for name in names {
+    for &name in &names {
         stores.push((name, store(name).await));
     }
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     for round in 0..ROUNDS {
         for (index, (name, statuses)) in stores.iter().enumerate() {
             fill(&broker, &queue, jobs, statuses.as_ref()).await;
+            let before = cpu_seconds(&PROCESSES);
             let elapsed = drain(&broker, &queue, jobs, statuses.as_ref()).await;
+            let after = cpu_seconds(&PROCESSES);
             if let Some(statuses) = statuses {
                 statuses.flush(Duration::from_secs(30)).await;
             }
+            let cpu = if show_cpu {
+                PROCESSES
+                    .iter()
+                    .zip(before.iter().zip(&after))
+                    .map(|(name, (b, a))| format!(" {name} {:.1}", (a - b) * 1e6 / jobs as f64))
+                    .collect::<String>()
+                    + " (CPU µs/job)"
+            } else {
+                String::new()
+            };
             println!(
-                "round {round}: {name:<8} {:>8.0} jobs/s",
+                "round {round}: {name:<8} {:>8.0} jobs/s{cpu}",
                 jobs as f64 / elapsed.as_secs_f64()
             );
             times[index].push(elapsed);

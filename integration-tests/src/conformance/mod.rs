@@ -151,6 +151,7 @@ macro_rules! conformance_suite {
             worker::panics_are_retried_and_the_worker_survives,
             worker::unknown_jobs_dead_letter_with_reason,
             worker::messages_without_job_header_dead_letter,
+            worker::oversized_bodies_dead_letter_with_their_size,
             worker::undecodable_bodies_dead_letter_with_reason,
             worker::concurrency_limit_is_never_exceeded,
             worker::graceful_shutdown_finishes_in_flight_and_leaves_the_rest,

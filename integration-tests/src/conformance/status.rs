@@ -5,12 +5,12 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use longshore::spi::{Acknowledger, ConsumeOptions, Delivery, DeliveryStream, Message, Settlement};
-use longshore::status::{CancelOutcome, JobState, JobStatus, JobStatuses};
+use longshore::status::{CancelOutcome, Change, JobState, JobStatus, JobStatuses, patch};
 use longshore::{
     Attempt, Broker, BrokerError, EnqueueOptions, Job, JobContext, JobError, MemoryBroker,
     MessageId, Producer, QueueName, QueueOptions, QueueStats, RetryPolicy, Worker,
@@ -50,7 +50,7 @@ impl StatusHarness {
 pub struct Task {
     /// Fail (retryably) while the attempt is below this.
     pub fail_until: u32,
-    /// Progress reports to make, each `pause_ms` apart.
+    /// Progress reports to make, `pause_ms` apart (and from the start and the end).
     pub reports: u32,
     /// The pause between reports and before finishing.
     pub pause_ms: u64,
@@ -83,10 +83,13 @@ pub struct Runs(AtomicU32);
 async fn task(job: Task, runs: longshore::Dep<Runs>, ctx: JobContext) -> Result<(), JobError> {
     runs.0.fetch_add(1, Ordering::SeqCst);
     for n in 0..job.reports {
+        tokio::time::sleep(Duration::from_millis(job.pause_ms)).await;
         ctx.progress(
             f64::from(n + 1) / f64::from(job.reports),
             format!("step {} of {}", n + 1, job.reports),
         );
+    }
+    if job.reports > 0 {
         tokio::time::sleep(Duration::from_millis(job.pause_ms)).await;
     }
     if job.wait_for_cancel_ms > 0 {
@@ -144,8 +147,8 @@ impl Setup {
                 .handler(task)
                 .status(self.statuses.clone())
                 .retry_policy(RetryPolicy::exponential(
-                    Duration::from_millis(20),
-                    Duration::from_millis(50),
+                    Duration::from_millis(200),
+                    Duration::from_millis(400),
                     3,
                 )),
         )
@@ -192,13 +195,15 @@ pub async fn unknown_ids_are_not_found(h: &StatusHarness) {
 
 /// Queued at enqueue (before any worker runs), then running, progress, retrying, running
 /// again, progress, succeeded with its result: every change an event with the next
-/// sequence number.
+/// sequence number. (The steps are apart: changes of one job that wait for the store
+/// together are written as one, which `changes_waiting_together_are_written_as_one` shows.)
 pub async fn a_job_moves_through_every_state_with_increasing_sequence_numbers(h: &StatusHarness) {
     let s = setup(h.statuses().await).await;
     let id = s
         .enqueue(Task {
             fail_until: 2,
             reports: 1,
+            pause_ms: 150,
             ..Task::default()
         })
         .await;
@@ -569,6 +574,45 @@ pub async fn a_redelivered_job_that_succeeded_is_not_run_again(h: &StatusHarness
     assert_eq!(s.broker.stats(&s.queue).await.expect("stats").total(), 0);
 }
 
+/// Changes of one job that reach the store together (in one `apply`) are written as one:
+/// the later fields win, the sequence number grows by one, one event is kept, and jobs
+/// beside it are untouched. How a fast job costs one write under load.
+pub async fn changes_waiting_together_are_written_as_one(h: &StatusHarness) {
+    let s = setup(h.statuses().await).await;
+    let (fast, other) = (
+        s.enqueue(Task::default()).await,
+        s.enqueue(Task::default()).await,
+    );
+    let later = SystemTime::now() + Duration::from_secs(600);
+    let progress = longshore::status::Progress {
+        fraction: 0.5,
+        message: "half".into(),
+    };
+    let store = s.statuses.store();
+    store
+        .apply(&[
+            Change::new(fast.clone(), patch::running(1, "host:1"), later),
+            Change::new(other.clone(), patch::running(1, "host:2"), later),
+            Change::new(fast.clone(), patch::progress(&progress), later),
+            Change::new(fast.clone(), patch::succeeded(None), later),
+        ])
+        .await
+        .expect("apply");
+    let done = store.get(&fast).await.expect("get").expect("kept");
+    assert_eq!(
+        (done.state, done.seq, done.attempt),
+        (JobState::Succeeded, 2, 1)
+    );
+    assert_eq!(done.worker.as_deref(), Some("host:1"));
+    assert!(done.started_at.is_some() && done.finished_at.is_some());
+    assert_eq!(done.progress.map(|p| p.message), Some("half".to_owned()));
+    let events = store.events(&fast, 0).await.expect("events");
+    assert_eq!(states(&events), ["queued", "succeeded"], "{events:#?}");
+    let running = store.get(&other).await.expect("get").expect("kept");
+    assert_eq!((running.state, running.seq), (JobState::Running, 2));
+    assert_eq!(running.worker.as_deref(), Some("host:2"));
+}
+
 /// Generates one test per status behaviour for a store. `$setup` is an expression giving a
 /// [`StatusHarness`].
 #[macro_export]
@@ -585,6 +629,7 @@ macro_rules! status_suite {
             a_running_job_is_told_to_stop_and_not_retried,
             a_unique_key_deduplicates_enqueues_while_the_job_is_unfinished,
             a_redelivered_job_that_succeeded_is_not_run_again,
+            changes_waiting_together_are_written_as_one,
         );
     };
     (@tests $setup:expr; $($test:ident),* $(,)?) => {

@@ -196,6 +196,36 @@ pub async fn messages_without_job_header_dead_letter(h: &Harness) {
     cleanup(h, &queue).await;
 }
 
+/// A body above the worker's limit is dead-lettered undecoded, its size in the reason; the
+/// jobs beside it run.
+pub async fn oversized_bodies_dead_letter_with_their_size(h: &Harness) {
+    let queue = declared_queue(h, "bigbody").await;
+    let recorder = Arc::new(Recorder::default());
+    let big = format!(
+        r#"{{"key": 1, "behaviour": "Succeed", "pad": "{}"}}"#,
+        "x".repeat(2000)
+    );
+    publish_raw(h, &queue, "probe", big.as_bytes()).await;
+    enqueue(h, &queue, probes(Behaviour::Succeed, 1)).await;
+    let worker = Running::start(probe_worker(h, &queue, &recorder).max_body_bytes(1024));
+    await_worker(h, &worker, "1 success and 1 dead letter", |s| {
+        s.succeeded == 1 && s.dead_lettered == 1
+    })
+    .await;
+    await_settled(h, &queue, 0, 1).await;
+    worker.stop().await;
+    let dead = take_dead_letters(h, &queue, 1).await;
+    assert_eq!(
+        reason(&dead[0]),
+        format!(
+            "the body is {} bytes; this worker takes at most 1024 (WorkerBuilder::max_body_bytes)",
+            big.len()
+        )
+    );
+    assert_eq!(dead[0].body, big.as_bytes(), "the body is kept for redrive");
+    cleanup(h, &queue).await;
+}
+
 /// A body that does not decode as the job type is dead-lettered at once with the reason.
 pub async fn undecodable_bodies_dead_letter_with_reason(h: &Harness) {
     let queue = declared_queue(h, "badbody").await;

@@ -11,7 +11,7 @@ use super::MemoryBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::message::Message;
 use crate::names::QueueName;
-use crate::schedule::{ScheduleKey, ScheduleLease, lease_lost};
+use crate::schedule::{ScheduleInfo, ScheduleKey, ScheduleLease, lease_lost};
 
 /// The lease slots of one broker.
 #[derive(Default)]
@@ -35,6 +35,25 @@ impl Slots {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(key);
+    }
+
+    /// The schedules of `queue`, by name.
+    pub(super) fn list(&self, queue: &QueueName) -> Vec<ScheduleInfo> {
+        let slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut list: Vec<ScheduleInfo> = slots
+            .iter()
+            .filter(|(key, _)| &key.queue == queue)
+            .map(|(key, slot)| ScheduleInfo {
+                name: key.name.clone(),
+                held: Some(slot.holder.is_some()),
+                holder: slot
+                    .holder
+                    .map(|holder| format!("replica {holder} of this process")),
+                watermark: slot.watermark,
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
     }
 
     /// Takes the lease of `key` for `holder` if nobody holds it.

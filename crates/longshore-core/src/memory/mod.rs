@@ -6,6 +6,7 @@
 //! message back without counting an attempt, and stale settlements (after a lease expired)
 //! fail with [`BrokerError::LeaseLost`] instead of touching the redelivered copy.
 
+mod dead_letters;
 mod lease;
 mod queue;
 
@@ -21,10 +22,12 @@ use tokio::time::Instant;
 use crate::broker::{
     Broker, BrokerError, ConsumeOptions, DeliveryStream, QueueOptions, QueueStats,
 };
+use crate::check::{DeadLetterTarget, QueueFacts};
+use crate::dead_letters::DeadLetters;
 use crate::delivery::{Acknowledger, Delivery, Settlement};
 use crate::message::{Message, headers, unix_millis};
 use crate::names::{Attempt, MessageId, QueueName};
-use crate::schedule::{ScheduleKey, ScheduleLease, ScheduleStore};
+use crate::schedule::{ScheduleInfo, ScheduleKey, ScheduleLease, ScheduleStore};
 use queue::{QueueState, Stored};
 
 /// An in-process broker with real visibility, delay, retry and dead-letter semantics.
@@ -222,6 +225,42 @@ impl Broker for MemoryBroker {
         Some(self)
     }
 
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
+    }
+
+    async fn list_queues(&self) -> Result<Option<Vec<QueueName>>, BrokerError> {
+        let mut names: Vec<QueueName> = self
+            .inner
+            .lock()
+            .keys()
+            .filter(|name| !name.as_str().ends_with(".dlq"))
+            .cloned()
+            .collect();
+        names.sort();
+        Ok(Some(names))
+    }
+
+    async fn inspect(&self, queue: &QueueName) -> Result<QueueFacts, BrokerError> {
+        let queues = self.inner.lock();
+        let state = queues
+            .get(queue)
+            .ok_or_else(|| BrokerError::QueueNotFound {
+                queue: queue.clone(),
+            })?;
+        let dlq = queue.dead_letter_queue();
+        let dead_letters = if queues.contains_key(&dlq) {
+            DeadLetterTarget::Queue(dlq)
+        } else {
+            DeadLetterTarget::Missing(format!("`{dlq}` does not exist"))
+        };
+        Ok(QueueFacts {
+            visibility_timeout: Some(state.options.visibility_timeout),
+            dead_letters,
+            ..QueueFacts::default()
+        })
+    }
+
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats, BrokerError> {
         let mut queues = self.inner.lock();
         let now = Instant::now();
@@ -265,6 +304,10 @@ impl ScheduleStore for MemoryBroker {
     async fn delete(&self, key: &ScheduleKey) -> Result<(), BrokerError> {
         self.inner.schedules.forget(key);
         Ok(())
+    }
+
+    async fn list(&self, queue: &QueueName) -> Result<Vec<ScheduleInfo>, BrokerError> {
+        Ok(self.inner.schedules.list(queue))
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::pipeline::{self, Layer, Registration, StackOptions};
-use super::process::Shared;
+use super::process::{DEFAULT_MAX_BODY_BYTES, Shared};
 use super::{Health, Shutdown, Worker, WorkerStats};
 use crate::broker::{Broker, ConsumeOptions, QueueOptions, Topology};
 use crate::handler::{Handler, TypedHandler};
@@ -96,9 +96,11 @@ pub struct WorkerBuilder {
     registry: HashMap<JobName, (Registration, JobOptions)>,
     requirements: Vec<(JobName, Vec<Requirement>)>,
     layers: Vec<Arc<dyn Layer>>,
-    telemetry: Option<Arc<dyn Telemetry>>,
+    telemetry: Vec<Arc<dyn Telemetry>>,
     statuses: Option<JobStatuses>,
     worker_name: Option<String>,
+    strict_checks: bool,
+    max_body_bytes: usize,
     dispose_timeout: Duration,
     duplicate: Option<JobName>,
     concurrency: usize,
@@ -123,9 +125,11 @@ impl WorkerBuilder {
             registry: HashMap::new(),
             requirements: Vec::new(),
             layers: Vec::new(),
-            telemetry: None,
+            telemetry: Vec::new(),
             statuses: None,
             worker_name: None,
+            strict_checks: false,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             dispose_timeout: Duration::from_secs(30),
             duplicate: None,
             concurrency: 16,
@@ -232,6 +236,22 @@ impl WorkerBuilder {
         self
     }
 
+    /// Refuse to start when the policy check ([`crate::check`]) finds an error: retry
+    /// attempts above the broker's own delivery limit, no dead-letter queue, undeclared
+    /// delay queues. Default: log them as warnings (and notes, such as a visibility timeout
+    /// below the job timeout, at INFO).
+    pub fn strict_checks(mut self, yes: bool) -> Self {
+        self.strict_checks = yes;
+        self
+    }
+
+    /// The largest message body this worker takes; a larger one is dead-lettered with its
+    /// size in the reason, never decoded. Default: 16 MiB.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
     /// How long each disposer may take before the attempt fails. Default: 30 s.
     pub fn dispose_timeout(mut self, timeout: Duration) -> Self {
         self.dispose_timeout = timeout;
@@ -246,9 +266,10 @@ impl WorkerBuilder {
     }
 
     /// Continues producers' traces and records job metrics with `telemetry` (from
-    /// `longshore::otel::init`). Without it jobs still get their `tracing` span.
+    /// `longshore::otel::init`, or `longshore::http::Metrics` for Prometheus); call it again
+    /// to add more. Without any, jobs still get their `tracing` span.
     pub fn telemetry(mut self, telemetry: Arc<dyn Telemetry>) -> Self {
-        self.telemetry = Some(telemetry);
+        self.telemetry.push(telemetry);
         self
     }
 
@@ -345,7 +366,7 @@ impl WorkerBuilder {
         if let Some(every) = self.standby_poll {
             scheduler = scheduler.standby_poll(every);
         }
-        if let Some(telemetry) = &self.telemetry {
+        if let Some(telemetry) = self.telemetry.first() {
             scheduler = scheduler.with_telemetry(Arc::clone(telemetry));
         }
         for schedule in self.schedules {
@@ -386,7 +407,7 @@ impl WorkerBuilder {
             })
             .collect();
         let cancels = Arc::new(Cancels::default());
-        let worker_name = self.worker_name.unwrap_or_else(default_worker_name);
+        let worker_name = self.worker_name.unwrap_or_else(crate::process_name);
         let layers = pipeline::stack(
             StackOptions {
                 system: self.broker.system(),
@@ -413,6 +434,8 @@ impl WorkerBuilder {
                 Arc::clone(&self.broker),
                 self.queue.clone(),
                 Arc::clone(&stats),
+                self.concurrency,
+                Arc::clone(&cancels),
             ),
             shared: Arc::new(Shared {
                 system: self.broker.system(),
@@ -422,6 +445,7 @@ impl WorkerBuilder {
                 stats,
                 deadline: Arc::new(CancellationToken::new()),
                 statuses: self.statuses,
+                max_body_bytes: self.max_body_bytes,
             }),
             broker: self.broker,
             queue: self.queue,
@@ -434,17 +458,7 @@ impl WorkerBuilder {
             scheduler,
             telemetry: self.telemetry,
             cancels,
+            strict_checks: self.strict_checks,
         })
     }
-}
-
-/// `<host>:<pid>`: the host from the kernel (or `HOSTNAME`), the process id.
-fn default_worker_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|host| host.trim().to_owned())
-        .filter(|host| !host.is_empty())
-        .unwrap_or_else(|| "worker".to_owned());
-    format!("{host}:{}", std::process::id())
 }

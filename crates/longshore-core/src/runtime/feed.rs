@@ -54,6 +54,7 @@ impl Feed {
                 Some(stream) => stream,
                 None => match self.broker.consume(&self.queue, &self.options).await {
                     Ok(stream) => {
+                        tracing::debug!(queue = %self.queue, "consuming");
                         self.health.set_consuming(true);
                         self.stream.insert(stream)
                     }
@@ -88,6 +89,7 @@ impl Feed {
 
     async fn pause(&mut self) {
         let delay = self.backoff.next().unwrap_or(Duration::from_secs(10));
+        tracing::debug!(queue = %self.queue, delay_ms = delay.as_millis() as u64, "consuming again after a pause");
         tokio::time::sleep(delay).await;
     }
 }

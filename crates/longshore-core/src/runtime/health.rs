@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::broker::Broker;
-use crate::names::QueueName;
+use crate::names::{MessageId, QueueName};
 use crate::runtime::stats::WorkerStats;
+use crate::status::tracking::Cancels;
 
 /// Liveness and readiness of one [`Worker`](crate::Worker); cheap to clone, read from any
 /// thread (an HTTP probe, say).
@@ -15,6 +16,8 @@ pub struct Health {
     broker: Arc<dyn Broker>,
     queue: QueueName,
     stats: Arc<WorkerStats>,
+    capacity: usize,
+    cancels: Arc<Cancels>,
 }
 
 #[derive(Default)]
@@ -23,6 +26,8 @@ pub(crate) struct State {
     running: AtomicBool,
     /// The worker is fetching: its consumer is open and it is not shutting down.
     consuming: AtomicBool,
+    /// A graceful shutdown has begun.
+    stopping: AtomicBool,
 }
 
 impl std::fmt::Debug for Health {
@@ -36,13 +41,36 @@ impl std::fmt::Debug for Health {
 }
 
 impl Health {
-    pub(crate) fn new(broker: Arc<dyn Broker>, queue: QueueName, stats: Arc<WorkerStats>) -> Self {
+    pub(crate) fn new(
+        broker: Arc<dyn Broker>,
+        queue: QueueName,
+        stats: Arc<WorkerStats>,
+        capacity: usize,
+        cancels: Arc<Cancels>,
+    ) -> Self {
         Self {
             state: Arc::default(),
             broker,
             queue,
             stats,
+            capacity,
+            cancels,
         }
+    }
+
+    /// How many jobs the worker runs at once at most (its concurrency).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Whether a graceful shutdown has begun (readiness is false from then on).
+    pub fn is_stopping(&self) -> bool {
+        self.state.stopping.load(Ordering::Relaxed)
+    }
+
+    /// The jobs running now whose status is tracked (their progress is in the status store).
+    pub fn running_tracked(&self) -> Vec<MessageId> {
+        self.cancels.running_ids()
     }
 
     /// Alive: the worker's loop is running (it has started and not returned).
@@ -50,9 +78,10 @@ impl Health {
         self.state.running.load(Ordering::Relaxed)
     }
 
-    /// Ready: alive, consuming its queue, and the broker answers.
+    /// Ready: alive, consuming its queue, not stopping, and the broker answers.
     pub fn is_ready(&self) -> bool {
         self.is_alive()
+            && !self.is_stopping()
             && self.state.consuming.load(Ordering::Relaxed)
             && self.broker.is_connected()
     }
@@ -74,6 +103,12 @@ impl Health {
 
     pub(crate) fn set_consuming(&self, consuming: bool) {
         self.state.consuming.store(consuming, Ordering::Relaxed);
+    }
+
+    /// Marks a graceful shutdown as begun: not ready from now on.
+    pub(crate) fn set_stopping(&self) {
+        self.state.stopping.store(true, Ordering::Relaxed);
+        self.state.consuming.store(false, Ordering::Relaxed);
     }
 
     /// Marks the worker running until the guard drops.

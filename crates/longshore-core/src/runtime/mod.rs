@@ -41,6 +41,14 @@ pub enum WorkerError {
         /// What the broker said.
         source: BrokerError,
     },
+    /// The policy check found problems, and the worker checks strictly.
+    #[error("queue `{queue}` does not fit this worker's settings: {}", .findings.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Check {
+        /// The queue.
+        queue: QueueName,
+        /// What was found.
+        findings: Vec<crate::check::Finding>,
+    },
 }
 
 /// What a worker did, returned when it stops.
@@ -66,9 +74,11 @@ pub struct Worker {
     shutdown: Shutdown,
     health: Health,
     scheduler: Option<crate::schedule::Scheduler>,
-    telemetry: Option<Arc<dyn Telemetry>>,
+    telemetry: Vec<Arc<dyn Telemetry>>,
     /// Cancellation requests of tracked jobs, kept by the status watch.
     cancels: Arc<crate::status::tracking::Cancels>,
+    /// Refuse to start when the policy check finds anything.
+    strict_checks: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -103,6 +113,49 @@ impl Worker {
         self.health.clone()
     }
 
+    /// Checks the queue against the handlers' retry policies and timeouts (see
+    /// [`crate::check`]): logs what it finds, or fails with it when checking strictly.
+    async fn check_policies(&self) -> Result<(), WorkerError> {
+        let expected = crate::check::Expectations {
+            max_attempts: self
+                .shared
+                .registry
+                .values()
+                .map(|r| r.retry.max_attempts())
+                .max()
+                .unwrap_or(1),
+            job_timeout: self
+                .shared
+                .registry
+                .values()
+                .map(|r| r.timeout)
+                .max()
+                .unwrap_or_default(),
+        };
+        let findings = match crate::check::check(&*self.broker, &self.queue, &expected).await {
+            Ok(findings) => findings,
+            Err(error) => {
+                tracing::warn!(queue = %self.queue, %error, "could not check the queue's policies");
+                return Ok(());
+            }
+        };
+        let serious = |f: &crate::check::Finding| f.severity == crate::check::Severity::Error;
+        if self.strict_checks && findings.iter().any(serious) {
+            return Err(WorkerError::Check {
+                queue: self.queue.clone(),
+                findings: findings.into_iter().filter(serious).collect(),
+            });
+        }
+        for finding in findings {
+            if serious(&finding) {
+                tracing::warn!(queue = %self.queue, "{finding}");
+            } else {
+                tracing::info!(queue = %self.queue, "{finding}");
+            }
+        }
+        Ok(())
+    }
+
     /// Runs until SIGTERM or SIGINT (or the shutdown handle): the first stops gracefully,
     /// a second stops at once.
     pub async fn run(self) -> Result<WorkerReport, WorkerError> {
@@ -125,23 +178,10 @@ impl Worker {
         })?;
         // Schedules start once the queue their ticks go to is there, and stop with the worker
         // (releasing their leases, so another replica takes over at once).
+        self.check_policies().await?;
         let scheduler = self
             .scheduler
             .map(|scheduler| tokio::spawn(scheduler.run_until_stopped(self.shutdown.clone())));
-        if let Some(limit) = self.broker.max_receive_count(&self.queue) {
-            for (job, registration) in &self.shared.registry {
-                let attempts = registration.retry.max_attempts();
-                if attempts > limit {
-                    tracing::warn!(
-                        queue = %self.queue, %job, attempts, limit,
-                        "the broker dead-letters a message after {limit} deliveries, but job `{job}` \
-                         may take {attempts} attempts: its last attempts will not happen, and the \
-                         broker's dead letter carries no reason; raise the queue's limit or lower \
-                         the job's max attempts"
-                    );
-                }
-            }
-        }
 
         // Job status: cancellation requests, and expired statuses deleted now and then.
         let status_tasks = CancellationToken::new();
@@ -189,8 +229,7 @@ impl Worker {
             self.consume.clone(),
             self.health.clone(),
         );
-        let telemetry = self.telemetry.as_deref();
-        if let Some(telemetry) = telemetry {
+        for telemetry in &self.telemetry {
             telemetry.worker_started(&self.broker, &self.queue);
         }
         tracing::info!(queue = %self.queue, system = self.shared.system, concurrency = self.concurrency, "worker started");
@@ -221,7 +260,8 @@ impl Worker {
         }
 
         // Stop fetching: dropping the feed hands buffered deliveries back to the broker.
-        self.health.set_consuming(false);
+        // Not ready from now on, so a load balancer or autoscaler stops counting on it.
+        self.health.set_stopping();
         drop(feed);
         tasks.close();
         tracing::info!(in_flight = tasks.len(), "draining in-flight jobs");
@@ -241,7 +281,7 @@ impl Worker {
             stats: self.shared.stats.snapshot(),
             immediate: immediate_stop,
         };
-        if let Some(telemetry) = telemetry {
+        for telemetry in &self.telemetry {
             telemetry.worker_stopped(&self.queue);
         }
         if let Some(statuses) = &self.shared.statuses

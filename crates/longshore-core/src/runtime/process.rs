@@ -27,15 +27,29 @@ pub(crate) struct Shared {
     pub(crate) deadline: Arc<CancellationToken>,
     /// Job statuses, when the worker tracks them.
     pub(crate) statuses: Option<JobStatuses>,
+    /// Larger bodies are dead-lettered undecoded.
+    pub(crate) max_body_bytes: usize,
 }
+
+/// The largest body a worker takes unless told otherwise.
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Runs one delivery through the layer stack to its settlement.
 pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
     let running = shared.stats.start();
     let message = delivery.message();
     let registration = match shared.registry.get(&message.job) {
+        _ if message.body.len() > shared.max_body_bytes => Err(format!(
+            "the body is {} bytes; this worker takes at most {} (WorkerBuilder::max_body_bytes)",
+            message.body.len(),
+            shared.max_body_bytes
+        )),
         Some(registration) => Ok(Arc::clone(registration)),
-        None => Err(unknown_job_reason(&message.job, &shared.registry)),
+        None => Err(unknown_job_reason(
+            &message.job,
+            &message.headers,
+            &shared.registry,
+        )),
     };
     let mut context = JobContext::new(
         message.id.clone(),
@@ -58,8 +72,15 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
     running.finish(&outcome);
 }
 
-fn unknown_job_reason(job: &JobName, registry: &HashMap<JobName, Arc<Registration>>) -> String {
+fn unknown_job_reason(
+    job: &JobName,
+    wire: &crate::message::Headers,
+    registry: &HashMap<JobName, Arc<Registration>>,
+) -> String {
     if job.as_str().is_empty() {
+        if let Some(problem) = wire.get(headers::WIRE_ERROR) {
+            return format!("{problem}, so no handler can be chosen");
+        }
         return format!(
             "message has no `{}` header, so no handler can be chosen",
             headers::JOB

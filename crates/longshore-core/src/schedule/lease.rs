@@ -44,6 +44,22 @@ pub trait ScheduleStore: Send + Sync {
     /// a schedule removed for good. Stop the replicas running it first; a schedule that runs
     /// again afterwards starts afresh.
     async fn delete(&self, key: &ScheduleKey) -> Result<(), BrokerError>;
+
+    /// The schedules whose ticks go to `queue`, as the broker keeps them.
+    async fn list(&self, queue: &QueueName) -> Result<Vec<ScheduleInfo>, BrokerError>;
+}
+
+/// A schedule as the broker keeps it: for `longshore schedules list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleInfo {
+    /// Its name.
+    pub name: String,
+    /// Whether a replica holds its lease now (`None` where the broker cannot tell).
+    pub held: Option<bool>,
+    /// The replica that recorded the watermark last (`host:pid`).
+    pub holder: Option<String>,
+    /// The newest tick enqueued (or skipped).
+    pub watermark: Option<SystemTime>,
 }
 
 /// A schedule's lease, held by one replica at a time, with the schedule's watermark (the
@@ -83,15 +99,22 @@ pub fn lease_lost(key: &ScheduleKey) -> BrokerError {
 }
 
 /// The body a broker stores a schedule's watermark in: JSON
-/// `{"queue":…,"schedule":…,"watermark_ms":<Unix ms>}`.
+/// `{"queue":…,"schedule":…,"watermark_ms":<Unix ms>,"holder":"<host>:<pid>"}`.
 pub fn encode_watermark(key: &ScheduleKey, watermark: SystemTime) -> Vec<u8> {
     serde_json::json!({
         "queue": key.queue.as_str(),
         "schedule": key.name,
         "watermark_ms": crate::message::unix_millis(watermark),
+        "holder": crate::process_name(),
     })
     .to_string()
     .into_bytes()
+}
+
+/// The replica that wrote a body of [`encode_watermark`].
+pub fn decode_holder(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get("holder")?.as_str().map(str::to_owned)
 }
 
 /// The watermark in a body written by [`encode_watermark`]; `None` for anything else.

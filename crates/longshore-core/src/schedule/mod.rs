@@ -75,8 +75,8 @@ use crate::names::JobName;
 
 pub use cron::CronSchedule;
 pub use lease::{
-    RENEW_EVERY, ScheduleKey, ScheduleLease, ScheduleStore, decode_watermark, encode_watermark,
-    lease_lost,
+    RENEW_EVERY, ScheduleInfo, ScheduleKey, ScheduleLease, ScheduleStore, decode_holder,
+    decode_watermark, encode_watermark, lease_lost,
 };
 pub use runner::Scheduler;
 

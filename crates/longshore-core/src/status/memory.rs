@@ -19,6 +19,7 @@ use crate::names::{MessageId, QueueName};
 pub struct MemoryStatusStore {
     inner: Arc<Mutex<State>>,
     notices: broadcast::Sender<Notice>,
+    cancels: broadcast::Sender<Notice>,
 }
 
 impl Default for MemoryStatusStore {
@@ -26,6 +27,7 @@ impl Default for MemoryStatusStore {
         Self {
             inner: Arc::default(),
             notices: broadcast::channel(4096).0,
+            cancels: broadcast::channel(1024).0,
         }
     }
 }
@@ -86,6 +88,15 @@ impl MemoryStatusStore {
     }
 }
 
+/// A broadcast receiver as a stream. A receiver that lagged has missed notices: its stream
+/// ends, so its owner subscribes again and re-reads what it needs.
+fn follow(receiver: broadcast::Receiver<Notice>) -> BoxStream<'static, Notice> {
+    futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.ok().map(|notice| (notice, receiver))
+    })
+    .boxed()
+}
+
 fn store_error(error: impl std::error::Error + Send + Sync + 'static) -> StatusError {
     StatusError::Store(Box::new(error))
 }
@@ -142,7 +153,7 @@ impl StatusStore for MemoryStatusStore {
         {
             let mut state = self.lock();
             let now = SystemTime::now();
-            for change in changes {
+            for change in &super::coalesce(changes.iter().cloned()) {
                 let Some(entry) = state.live(&change.id, now) else {
                     continue;
                 };
@@ -167,7 +178,12 @@ impl StatusStore for MemoryStatusStore {
             }
         }
         for notice in notices {
-            let _ = self.notices.send(notice);
+            if notice.cancel_requested {
+                let _ = self.cancels.send(notice.clone());
+            }
+            if self.notices.receiver_count() > 0 {
+                let _ = self.notices.send(notice);
+            }
         }
         Ok(())
     }
@@ -205,15 +221,11 @@ impl StatusStore for MemoryStatusStore {
     }
 
     async fn notices(&self) -> Result<BoxStream<'static, Notice>, StatusError> {
-        // A receiver that lagged has missed notices: end its stream, so its owner
-        // subscribes again and re-reads what it needs.
-        let receiver = self.notices.subscribe();
-        Ok(
-            futures_util::stream::unfold(receiver, |mut receiver| async move {
-                receiver.recv().await.ok().map(|notice| (notice, receiver))
-            })
-            .boxed(),
-        )
+        Ok(follow(self.notices.subscribe()))
+    }
+
+    async fn cancel_notices(&self) -> Result<BoxStream<'static, Notice>, StatusError> {
+        Ok(follow(self.cancels.subscribe()))
     }
 
     async fn purge_expired(&self) -> Result<u64, StatusError> {

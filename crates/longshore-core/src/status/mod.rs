@@ -22,7 +22,8 @@
 //! | operation | memory | PostgreSQL | Redis |
 //! | --- | --- | --- | --- |
 //! | a change | in the map | `longshore_apply(..)`: one call per batch | one Lua script per batch |
-//! | notices (cancellation, SSE) | a broadcast | `LISTEN longshore_status` | `SUBSCRIBE` |
+//! | notices (SSE) | a broadcast | `LISTEN longshore_status` | `SUBSCRIBE <prefix>notices` |
+//! | cancellation notices (workers) | a broadcast | `LISTEN longshore_cancel` | `SUBSCRIBE <prefix>cancel-notices` |
 //! | expiry | on read and write | periodic `DELETE` | key TTLs |
 //!
 //! Statuses are kept for a retention period after a job finishes (default a day), and an
@@ -44,7 +45,7 @@ use crate::broker::BoxError;
 use crate::names::{MessageId, QueueName};
 
 pub use memory::MemoryStatusStore;
-pub use model::{Change, JobState, JobStatus, Progress, patch};
+pub use model::{Change, JobState, JobStatus, Progress, coalesce, patch};
 use writer::Writer;
 
 /// What went wrong with a status store.
@@ -103,9 +104,12 @@ pub trait StatusStore: Send + Sync + 'static {
     /// longer keeps).
     async fn get(&self, id: &MessageId) -> Result<Option<JobStatus>, StatusError>;
 
-    /// Applies changes in order, each atomically: merges its patch into the job's status,
-    /// gives it the next sequence number, keeps it as an event, moves the expiry, frees the
-    /// unique key of a job that finished, and notifies. Changes to unknown jobs are skipped.
+    /// Applies changes in order, each job's atomically: merges its patch into the job's
+    /// status, gives it the next sequence number, keeps it as an event, moves the expiry,
+    /// frees the unique key of a job that finished, and notifies. Several changes of one job
+    /// are written as one, as [`coalesce`] folds them (the store writers batch, so this is
+    /// what a fast job's `running` and `succeeded` cost under load). Changes to unknown jobs
+    /// are skipped.
     async fn apply(&self, changes: &[Change]) -> Result<(), StatusError>;
 
     /// The events of a job after sequence number `after`, oldest first: each is the job's
@@ -118,6 +122,20 @@ pub trait StatusStore: Send + Sync + 'static {
 
     /// Every change from now on, as it happens.
     async fn notices(&self) -> Result<BoxStream<'static, Notice>, StatusError>;
+
+    /// The notices of cancellation requests from now on (those with `cancel_requested`):
+    /// what workers watch, so they do not read every change. By default [`notices`]
+    /// filtered; stores give them a channel of their own.
+    ///
+    /// [`notices`]: StatusStore::notices
+    async fn cancel_notices(&self) -> Result<BoxStream<'static, Notice>, StatusError> {
+        use futures_util::StreamExt;
+        Ok(self
+            .notices()
+            .await?
+            .filter(|notice| std::future::ready(notice.cancel_requested))
+            .boxed())
+    }
 
     /// Deletes what has expired; returns how many jobs. A no-op where the store expires
     /// entries itself (Redis). Called every minute by workers.
@@ -337,6 +355,12 @@ impl JobStatuses {
     /// Queues a change for the background writer; never waits for the store.
     pub(crate) fn send(&self, change: Change) {
         self.inner.writer.send(change);
+    }
+
+    /// Queues a change that may wait a little for the job's next one (a `running` change:
+    /// a job that ends within 50 ms is written once).
+    pub(crate) fn send_lingering(&self, change: Change) {
+        self.inner.writer.send_lingering(change);
     }
 
     /// Queues a change and waits until it is written (up to `timeout`; not at all while the

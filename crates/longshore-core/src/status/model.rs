@@ -154,20 +154,55 @@ impl JobStatus {
     }
 
     /// The status after `patch`, with sequence number `seq`: what every store computes
-    /// (stores that cannot run Rust compute the same in their own language).
+    /// (stores that cannot run Rust compute the same in their own language). Fields the
+    /// status does not have are ignored.
     pub fn merged(
         &self,
         patch: &Map<String, Value>,
         seq: u64,
     ) -> Result<JobStatus, serde_json::Error> {
-        let mut value = serde_json::to_value(self)?;
-        if let Value::Object(fields) = &mut value {
-            for (name, field) in patch {
-                fields.insert(name.clone(), field.clone());
-            }
-            fields.insert("seq".into(), Value::from(seq));
+        use serde::de::Error as _;
+        fn field<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, serde_json::Error> {
+            T::deserialize(value)
         }
-        serde_json::from_value(value)
+        fn at(value: &Value) -> Result<SystemTime, serde_json::Error> {
+            value
+                .as_str()
+                .and_then(time::parse)
+                .ok_or_else(|| serde_json::Error::custom(format!("not an RFC 3339 time: {value}")))
+        }
+        fn maybe_at(value: &Value) -> Result<Option<SystemTime>, serde_json::Error> {
+            if value.is_null() {
+                Ok(None)
+            } else {
+                at(value).map(Some)
+            }
+        }
+        let mut next = self.clone();
+        for (name, value) in patch {
+            match name.as_str() {
+                "id" => next.id = field(value)?,
+                "job" => next.job = field(value)?,
+                "queue" => next.queue = field(value)?,
+                "state" => next.state = field(value)?,
+                "attempt" => next.attempt = field(value)?,
+                "enqueued_at" => next.enqueued_at = at(value)?,
+                "due_at" => next.due_at = maybe_at(value)?,
+                "started_at" => next.started_at = maybe_at(value)?,
+                "finished_at" => next.finished_at = maybe_at(value)?,
+                "updated_at" => next.updated_at = at(value)?,
+                "worker" => next.worker = field(value)?,
+                "error" => next.error = field(value)?,
+                "progress" => next.progress = field(value)?,
+                "result" => next.result = Some(value.clone()).filter(|v| !v.is_null()),
+                "cancel_requested" => next.cancel_requested = field(value)?,
+                "unique_key" => next.unique_key = field(value)?,
+                "expires_at" => next.expires_at = at(value)?,
+                _ => {}
+            }
+        }
+        next.seq = seq;
+        Ok(next)
     }
 }
 
@@ -196,9 +231,61 @@ impl Change {
         }
     }
 
+    /// Folds a later change of the same job into this one: the later fields win, and the
+    /// later expiry holds (what applying both in order leaves, in one change).
+    pub fn absorb(&mut self, later: Change) {
+        debug_assert_eq!(self.id, later.id);
+        self.patch.extend(later.patch);
+        self.expires_at = later.expires_at;
+    }
+
     /// The state this change moves the job to, if it moves it.
     pub fn state(&self) -> Option<JobState> {
         serde_json::from_value(self.patch.get("state")?.clone()).ok()
+    }
+}
+
+/// Changes with each job once: a job's later changes folded into its first (see
+/// [`Change::absorb`]), jobs in the order they first appear. What applying `changes` in
+/// order leaves, in fewer writes; each job's sequence number then grows by one.
+pub fn coalesce(changes: impl IntoIterator<Item = Change>) -> Vec<Change> {
+    let mut batch = Coalesced::default();
+    for change in changes {
+        batch.push(change);
+    }
+    batch.changes
+}
+
+/// Changes being gathered for one write, each job once.
+#[derive(Default)]
+pub(crate) struct Coalesced {
+    pub(crate) changes: Vec<Change>,
+    index: std::collections::HashMap<MessageId, usize>,
+}
+
+impl Coalesced {
+    /// Adds `change`, folding it into an earlier change of the same job.
+    pub(crate) fn push(&mut self, change: Change) {
+        match self.index.get(&change.id) {
+            Some(&at) => self.changes[at].absorb(change),
+            None => {
+                self.index.insert(change.id.clone(), self.changes.len());
+                self.changes.push(change);
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.changes.clear();
+        self.index.clear();
     }
 }
 

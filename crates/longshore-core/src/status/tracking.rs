@@ -141,6 +141,16 @@ impl Cancels {
         }
     }
 
+    /// The ids of the tracked jobs running now.
+    pub(crate) fn running_ids(&self) -> Vec<MessageId> {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     pub(crate) fn unregister(&self, id: &MessageId) {
         self.running
             .lock()
@@ -199,7 +209,7 @@ pub(crate) async fn subscribe(
     cancels: &Cancels,
 ) -> Result<BoxStream<'static, Notice>, StatusError> {
     let store = statuses.store();
-    let notices = store.notices().await?;
+    let notices = store.cancel_notices().await?;
     for id in store.cancel_requested(queue).await? {
         cancels.request(id);
     }

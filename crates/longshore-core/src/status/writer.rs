@@ -1,6 +1,9 @@
 //! The background writer: workers hand it status changes and never wait for the store. It
 //! writes them in order, in batches (one store call for everything that queued up while
-//! the previous call ran), and keeps retrying while the store is down. Its buffer is
+//! the previous call ran), and keeps retrying while the store is down. Changes of one job
+//! that wait together are written as one (an outage holds one change per job). A job's
+//! `running` change lingers up to [`LINGER`] first: a job that ends sooner costs one write,
+//! its final change carrying what `running` said (attempt, worker, start). Its buffer is
 //! bounded: when it is full, new changes are dropped and counted in the log, never the job.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::model::Coalesced;
 use super::{Change, StatusStore};
 
 /// Changes waiting to be written, at most.
@@ -18,10 +22,14 @@ const BUFFER: usize = 65_536;
 const BATCH: usize = 512;
 /// How often a full buffer or a failing store is logged, at most.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long a `running` change waits for the job's next change before it is written.
+pub(crate) const LINGER: Duration = Duration::from_millis(50);
 
 enum Command {
     /// A change, and who waits for it to be written (told whether it was).
     Write(Change, Option<oneshot::Sender<()>>),
+    /// A change that may wait up to [`LINGER`] for a later one of the same job.
+    Linger(Change),
     /// Answered once everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -63,27 +71,29 @@ impl Writer {
 
     /// Queues `change`; drops it (logged) if the buffer is full.
     pub(crate) fn send(&self, change: Change) {
-        self.queue(change, None);
+        self.queue(Command::Write(change, None));
+    }
+
+    /// Queues `change` to be written within [`LINGER`], folded into the job's next change
+    /// if that comes sooner.
+    pub(crate) fn send_lingering(&self, change: Change) {
+        self.queue(Command::Linger(change));
     }
 
     /// Queues `change` and waits until it is written, up to `timeout`; does not wait while
     /// the store is failing. Whether it was written.
     pub(crate) async fn send_confirmed(&self, change: Change, timeout: Duration) -> bool {
         if self.failing.load(Ordering::Relaxed) {
-            self.queue(change, None);
+            self.queue(Command::Write(change, None));
             return false;
         }
         let (done, written) = oneshot::channel();
-        self.queue(change, Some(done));
+        self.queue(Command::Write(change, Some(done)));
         matches!(tokio::time::timeout(timeout, written).await, Ok(Ok(())))
     }
 
-    fn queue(&self, change: Change, done: Option<oneshot::Sender<()>>) {
-        if self
-            .sender()
-            .try_send(Command::Write(change, done))
-            .is_err()
-        {
+    fn queue(&self, command: Command) {
+        if self.sender().try_send(command).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             let mut last = self
                 .last_drop_log
@@ -110,45 +120,123 @@ impl Writer {
     }
 }
 
+/// `running` changes waiting out their [`LINGER`], oldest first.
+#[derive(Default)]
+struct Lingering {
+    changes: std::collections::HashMap<crate::names::MessageId, Change>,
+    /// When each was queued; ids whose change left early are skipped.
+    order: std::collections::VecDeque<(Instant, crate::names::MessageId)>,
+}
+
+impl Lingering {
+    /// Moves the changes whose time is up into `pending`.
+    fn release_due(&mut self, pending: &mut Coalesced, now: Instant) {
+        while let Some((at, _)) = self.order.front()
+            && *at + LINGER <= now
+        {
+            let (_, id) = self.order.pop_front().expect("a front");
+            if let Some(change) = self.changes.remove(&id) {
+                pending.push(change);
+            }
+        }
+    }
+
+    /// When the oldest is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.order.front().map(|(at, _)| *at + LINGER)
+    }
+
+    /// Puts a change into `pending`, after the lingering one of its job.
+    fn write(&mut self, pending: &mut Coalesced, change: Change) {
+        if let Some(earlier) = self.changes.remove(&change.id) {
+            pending.push(earlier);
+        }
+        pending.push(change);
+    }
+
+    fn linger(&mut self, change: Change) {
+        self.order.push_back((Instant::now(), change.id.clone()));
+        self.changes.insert(change.id.clone(), change);
+    }
+
+    /// Everything, for a flush.
+    fn release_all(&mut self, pending: &mut Coalesced) {
+        for (_, id) in self.order.drain(..) {
+            if let Some(change) = self.changes.remove(&id) {
+                pending.push(change);
+            }
+        }
+    }
+}
+
+/// Takes one command into the batch being gathered.
+fn take(
+    command: Command,
+    pending: &mut Coalesced,
+    lingering: &mut Lingering,
+    waiting: &mut Vec<oneshot::Sender<()>>,
+) {
+    match command {
+        Command::Write(change, done) => {
+            lingering.write(pending, change);
+            waiting.extend(done);
+        }
+        Command::Linger(change) => lingering.linger(change),
+        Command::Flush(done) => {
+            lingering.release_all(pending);
+            waiting.push(done);
+        }
+    }
+}
+
 async fn run(
     store: Arc<dyn StatusStore>,
     mut commands: mpsc::Receiver<Command>,
     failing: Arc<AtomicBool>,
 ) {
-    let mut pending: Vec<Change> = Vec::new();
+    let mut pending = Coalesced::default();
+    let mut lingering = Lingering::default();
     // Told once everything before them is written: flushes, and confirmed changes.
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     let mut wait = Duration::from_millis(100);
     let mut failing_since: Option<Instant> = None;
     let mut last_log: Option<Instant> = None;
     loop {
+        lingering.release_due(&mut pending, Instant::now());
         if pending.is_empty() {
             for done in waiting.drain(..) {
                 let _ = done.send(());
             }
-            match commands.recv().await {
-                Some(Command::Write(change, done)) => {
-                    pending.push(change);
-                    waiting.extend(done);
+            let command = match lingering.next_due() {
+                Some(due) => tokio::select! {
+                    command = commands.recv() => command,
+                    () = tokio::time::sleep_until(due) => continue,
+                },
+                None => commands.recv().await,
+            };
+            let Some(command) = command else {
+                lingering.release_all(&mut pending);
+                if pending.is_empty() {
+                    return;
                 }
-                Some(Command::Flush(done)) => {
-                    waiting.push(done);
-                    continue;
-                }
-                None => return,
+                let _ = store.apply(&pending.changes).await;
+                return;
+            };
+            take(command, &mut pending, &mut lingering, &mut waiting);
+            if pending.is_empty() {
+                continue;
             }
+            // Let the jobs that are ready run first: their changes join this batch (a
+            // fast store would otherwise be called once per change).
+            tokio::task::yield_now().await;
         }
         while pending.len() < BATCH {
             match commands.try_recv() {
-                Ok(Command::Write(change, done)) => {
-                    pending.push(change);
-                    waiting.extend(done);
-                }
-                Ok(Command::Flush(done)) => waiting.push(done),
+                Ok(command) => take(command, &mut pending, &mut lingering, &mut waiting),
                 Err(_) => break,
             }
         }
-        match store.apply(&pending).await {
+        match store.apply(&pending.changes).await {
             Ok(()) => {
                 failing.store(false, Ordering::Relaxed);
                 if let Some(since) = failing_since.take() {

@@ -1,7 +1,9 @@
 //! The example worker: fulfils orders with a per-job unit of work, exports a span per job
 //! (continuing the producer's trace) with the job's own child spans, and serves
-//! `/healthz`, `/readyz` and `/metrics`; with a job status store, it reports each order's
-//! progress and serves `/jobs/{id}` and `/jobs/{id}/events` on `LONGSHORE_STATUS_ADDR`.
+//! `/healthz`, `/readyz`, `/metrics` and the dashboard (`/`, read-only unless
+//! `LONGSHORE_ADMIN_TOKEN` is set) on `LONGSHORE_HEALTH_ADDR`; with a job status store, it
+//! reports each order's progress and serves `/jobs/{id}` and `/jobs/{id}/events` on
+//! `LONGSHORE_STATUS_ADDR` for frontends.
 //! Stops gracefully on SIGTERM (`docker stop`).
 //!
 //! `orders-worker healthcheck` asks the running worker's `/readyz` and exits 0 when ready:
@@ -92,14 +94,22 @@ async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
         return Ok(healthcheck());
     }
     let telemetry = longshore::otel::init()?;
+    let metrics = longshore::http::Metrics::new();
     let broker = longshore::connect(broker_url()).await?;
     let statuses = statuses().await?;
-    let mut builder = Worker::builder(broker, queue()).telemetry(telemetry.hooks());
+    let mut builder = Worker::builder(broker.clone(), queue())
+        .telemetry(telemetry.hooks())
+        .telemetry(metrics.hooks());
+    let mut dashboard = longshore::http::Dashboard::new(broker);
+    if let Ok(token) = std::env::var("LONGSHORE_ADMIN_TOKEN") {
+        dashboard = dashboard.admin_token(token);
+    }
     let mut _status_api = None;
     if let Some(statuses) = statuses {
         let address = setting("LONGSHORE_STATUS_ADDR", "0.0.0.0:8081");
         let router = longshore::http::router(statuses.clone());
         _status_api = Some(longshore::http::serve(address, router).await?);
+        dashboard = dashboard.statuses(statuses.clone());
         builder = builder.status(statuses);
     }
     let worker = builder
@@ -123,11 +133,12 @@ async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
         .concurrency(number("LONGSHORE_CONCURRENCY", 16)? as usize)
         .queue_options(QueueOptions::default())
         .build()?;
-    let _probes = longshore::otel::health::serve(
-        setting("LONGSHORE_HEALTH_ADDR", "0.0.0.0:8080"),
-        vec![worker.health()],
-    )
-    .await?;
+    // Probes, Prometheus metrics and the dashboard on one listener.
+    let operations = longshore::http::probes(vec![worker.health()], Some(metrics))
+        .merge(dashboard.workers(vec![worker.health()]).router());
+    let _operations =
+        longshore::http::serve(setting("LONGSHORE_HEALTH_ADDR", "0.0.0.0:8080"), operations)
+            .await?;
     let report = worker.run().await?; // until SIGTERM / SIGINT
     tracing::info!(?report, "bye");
     telemetry.shutdown(); // flush the last spans and metrics

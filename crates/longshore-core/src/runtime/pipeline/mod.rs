@@ -201,7 +201,7 @@ async fn call_handler(job: &mut JobRequest) -> Outcome {
 /// The options of the built-in layers.
 pub(crate) struct StackOptions {
     pub(crate) system: &'static str,
-    pub(crate) telemetry: Option<Arc<dyn Telemetry>>,
+    pub(crate) telemetry: Vec<Arc<dyn Telemetry>>,
     pub(crate) dispose_timeout: Duration,
     pub(crate) settle_timeout: Duration,
     /// Job status tracking: the statuses, this worker's cancellation requests, its name.

@@ -87,12 +87,13 @@ impl Layer for StatusLayer {
                 _ => {}
             }
         }
-        self.send(
-            &id,
+        // Written within 50 ms, or with the attempt's last change if it ends sooner.
+        let expires = self.statuses.expiry(JobState::Running, None);
+        self.statuses.send_lingering(Change::new(
+            id.clone(),
             patch::running(attempt, &self.worker),
-            JobState::Running,
-            None,
-        );
+            expires,
+        ));
         self.cancels.register(&id, &tracked.cancel);
         let outcome = next.run(job).await;
         self.cancels.unregister(&id);

@@ -16,14 +16,14 @@ use crate::telemetry::{JobEvent, Telemetry};
 /// succeed marks the span failed.
 pub(super) struct TelemetryLayer {
     system: &'static str,
-    hooks: Option<Arc<dyn Telemetry>>,
+    hooks: Vec<Arc<dyn Telemetry>>,
     /// The metric label of jobs this worker has no handler for: names from message headers
     /// must not make new series without bound.
     unknown: JobName,
 }
 
 impl TelemetryLayer {
-    pub(super) fn new(system: &'static str, hooks: Option<Arc<dyn Telemetry>>) -> Self {
+    pub(super) fn new(system: &'static str, hooks: Vec<Arc<dyn Telemetry>>) -> Self {
         Self {
             system,
             hooks,
@@ -49,13 +49,20 @@ impl Layer for TelemetryLayer {
             longshore.job.name = %context.job,
             longshore.job.attempt = context.attempt.get(),
         );
-        let Some(hooks) = &self.hooks else {
+        if self.hooks.is_empty() {
             let outcome = next.run(job).instrument(span.clone()).await;
             record(&span, &outcome);
             return outcome;
-        };
-        hooks.continue_trace(&span, &context.headers);
-        let (queue, attempt) = (context.queue.clone(), context.attempt);
+        }
+        for hooks in &self.hooks {
+            hooks.continue_trace(&span, &context.headers);
+        }
+        let (queue, id, attempt, enqueued_at) = (
+            context.queue.clone(),
+            context.id.clone(),
+            context.attempt,
+            context.enqueued_at,
+        );
         let name = if job.has_handler() {
             job.context().job.clone()
         } else {
@@ -64,14 +71,21 @@ impl Layer for TelemetryLayer {
         let event = JobEvent {
             system: self.system,
             queue: &queue,
+            id: &id,
             job: &name,
             attempt,
+            enqueued_at,
         };
-        hooks.job_started(&event);
+        for hooks in &self.hooks {
+            hooks.job_started(&event);
+        }
         let started = tokio::time::Instant::now();
         let outcome = next.run(job).instrument(span.clone()).await;
         record(&span, &outcome);
-        hooks.job_finished(&event, &outcome, started.elapsed());
+        let elapsed = started.elapsed();
+        for hooks in &self.hooks {
+            hooks.job_finished(&event, &outcome, elapsed);
+        }
         outcome
     }
 }
