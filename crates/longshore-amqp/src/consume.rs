@@ -13,6 +13,7 @@ use lapin::{Channel, Consumer};
 use longshore_core::spi::{ConsumeOptions, Delivery, DeliveryStream};
 use longshore_core::{BrokerError, QueueName};
 
+use crate::acks::Acks;
 use crate::connection::Live;
 use crate::error::broker_error;
 use crate::receiver::Receiver;
@@ -90,6 +91,7 @@ pub(crate) async fn consume(
         channel: channel.clone(),
         generation: live.generation,
         current,
+        acks: Acks::start(channel.clone()),
     });
     let guard = Guard {
         channel,
@@ -134,6 +136,9 @@ async fn next_delivery(
             tracing::debug!(queue = %receiver.queue, "dropping a delivery of a closed connection");
             continue;
         }
+        // Every delivery read is in the book, so a coalesced ack never reaches past one
+        // whose job (or hop) has not finished.
+        receiver.acks.open(delivery.delivery_tag);
         let (mut message, attempt) =
             wire::decode(&delivery.properties, delivery.data, delivery.redelivered);
         if let Some(remaining) = delay::not_due_yet(&mut message) {
@@ -143,11 +148,14 @@ async fn next_delivery(
                 attempt,
                 remaining,
                 delivery.acker,
+                delivery.delivery_tag,
             ));
             continue;
         }
         let acknowledger = AmqpAcknowledger {
             acker: delivery.acker,
+            tag: delivery.delivery_tag,
+            settled: std::sync::atomic::AtomicBool::new(false),
             receiver: Arc::clone(receiver),
         };
         return Some(Ok(Delivery::new(

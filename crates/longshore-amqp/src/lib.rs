@@ -5,7 +5,7 @@
 //! | longshore | RabbitMQ |
 //! | --- | --- |
 //! | prefetch | `basic.qos` on the consumer's channel, manual acks |
-//! | `ack` | `basic.ack` |
+//! | `ack` | `basic.ack`, coalesced: a run of finished deliveries is one `multiple=true` ack (see `acks.rs`) |
 //! | `release` | `basic.nack(requeue=true)` |
 //! | `retry(delay)` | republish through the delay ladder (TTL queues, see [`delay`]) with `longshore-attempt` + 1, publisher-confirmed, then `basic.ack` |
 //! | `dead_letter(reason)` | publish to the queue's dead-letter target with `longshore-dead-*` headers, confirmed, then `basic.ack` |
@@ -33,6 +33,7 @@
 //! # let _ = broker; Ok(()) }
 //! ```
 
+mod acks;
 mod connection;
 mod consume;
 mod dead_letters;
@@ -303,6 +304,15 @@ impl AmqpBroker {
         }
     }
 
+    /// Whether this broker declared or verified `queue` (so it exists).
+    fn is_known(&self, queue: &QueueName) -> bool {
+        self.inner
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(queue)
+    }
+
     fn target_known(&self, queue: &QueueName) -> Result<Option<DeadLetterTarget>, BrokerError> {
         Ok(self
             .inner
@@ -351,8 +361,11 @@ impl Broker for AmqpBroker {
         if !delay.is_zero() {
             self.ladder().await?;
             // A delayed message routes to a delay queue whatever the target: check the
-            // target exists now, not when the delay ends.
-            self.stats(queue).await?;
+            // target exists now, not when the delay ends (once: a queue this broker
+            // declared or verified is known to exist).
+            if !self.is_known(queue) {
+                self.stats(queue).await?;
+            }
         }
         let route = delay::route(queue, &message.id, delay)?;
         self.inner

@@ -7,7 +7,10 @@ use lapin::Channel;
 use longshore_core::QueueName;
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
 use crate::DeadLetterTarget;
+use crate::acks::Acks;
 use crate::publish::Publisher;
 
 pub(crate) struct Receiver {
@@ -22,6 +25,8 @@ pub(crate) struct Receiver {
     /// The link's current generation: once it differs, this consumer's connection was
     /// replaced and its deliveries are gone.
     pub(crate) current: watch::Receiver<u64>,
+    /// The channel's acks, coalesced.
+    pub(crate) acks: Arc<Acks>,
 }
 
 impl Receiver {

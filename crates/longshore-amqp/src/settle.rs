@@ -6,6 +6,7 @@
 //! back to the queue at once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +27,10 @@ const REQUEUE: BasicNackOptions = BasicNackOptions {
 
 pub(crate) struct AmqpAcknowledger {
     pub(crate) acker: Acker,
+    /// The delivery tag, for the coalesced acks.
+    pub(crate) tag: u64,
+    /// Acked or nacked: nothing to hand back when dropped.
+    pub(crate) settled: AtomicBool,
     pub(crate) receiver: Arc<Receiver>,
 }
 
@@ -37,12 +42,16 @@ impl AmqpAcknowledger {
         }
     }
 
-    /// `basic.ack`; a delivery from a channel that has since closed cannot be acked.
+    /// `basic.ack`, coalesced with the deliveries finished beside it; returns once it was
+    /// sent. A delivery from a channel that has since closed cannot be acked.
     async fn ack(&self, message: &Message) -> Result<(), BrokerError> {
-        match self.acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.lease_lost(message)),
-            Err(error) => Err(broker_error(error, &self.receiver.queue)),
+        if !self.acker.usable() || self.settled.swap(true, Ordering::AcqRel) {
+            return Err(self.lease_lost(message));
+        }
+        if self.receiver.acks.ack(self.tag).await {
+            Ok(())
+        } else {
+            Err(self.lease_lost(message))
         }
     }
 
@@ -99,11 +108,16 @@ impl AmqpAcknowledger {
         }
         match settlement {
             Settlement::Ack => self.ack(message).await,
-            Settlement::Release => match self.acker.nack(REQUEUE).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(self.lease_lost(message)),
-                Err(error) => Err(broker_error(error, &self.receiver.queue)),
-            },
+            Settlement::Release => {
+                self.settled.store(true, Ordering::Release);
+                let nacked = self.acker.nack(REQUEUE).await;
+                self.receiver.acks.settled(self.tag);
+                match nacked {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(self.lease_lost(message)),
+                    Err(error) => Err(broker_error(error, &self.receiver.queue)),
+                }
+            }
             Settlement::Retry { delay } => {
                 self.receiver
                     .publisher
@@ -146,15 +160,16 @@ impl Drop for AmqpAcknowledger {
     /// A delivery dropped without being settled (a task that ended abnormally) goes back to
     /// the queue now, instead of holding a prefetch slot until its channel closes.
     fn drop(&mut self) {
-        if !self.acker.usable() {
+        if !self.acker.usable() || *self.settled.get_mut() {
             return;
         }
-        let acker = self.acker.clone();
+        let (acker, tag, receiver) = (self.acker.clone(), self.tag, Arc::clone(&self.receiver));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 if let Err(error) = acker.nack(REQUEUE).await {
                     tracing::debug!(%error, "could not hand back an unsettled delivery; RabbitMQ requeues it when its channel closes");
                 }
+                receiver.acks.settled(tag);
             });
         }
     }
@@ -170,6 +185,7 @@ pub(crate) async fn send_on(
     attempt: Attempt,
     remaining: Duration,
     acker: Acker,
+    tag: u64,
 ) {
     let sent = receiver
         .publisher
@@ -183,6 +199,7 @@ pub(crate) async fn send_on(
             acker.nack(REQUEUE).await
         }
     };
+    receiver.acks.settled(tag);
     if let Err(error) = settled {
         tracing::debug!(queue = %receiver.queue, %error, "settling a hopped message failed; RabbitMQ redelivers it");
     }

@@ -73,7 +73,7 @@ pub use job::{Job, JobError, ResultExt};
 pub use memory::MemoryBroker;
 pub use names::{Attempt, JobName, MessageId, QueueName};
 pub use outcome::Outcome;
-pub use producer::{EnqueueError, EnqueueOptions, Producer};
+pub use producer::{ENQUEUE_WINDOW, EnqueueError, EnqueueOptions, Producer};
 pub use retry::RetryPolicy;
 pub use runtime::{
     BuildError, Health, JobOptions, JobRequest, Layer, Next, Shutdown, StatsSnapshot, Worker,

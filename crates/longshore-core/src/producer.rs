@@ -54,6 +54,9 @@ where
     published
 }
 
+/// How many enqueues [`Producer::enqueue_many`] keeps on their way at once.
+pub const ENQUEUE_WINDOW: usize = 256;
+
 /// Enqueues jobs on one queue of a broker. Cheap to clone.
 #[derive(Clone)]
 pub struct Producer {
@@ -210,6 +213,23 @@ impl Producer {
     /// Enqueues `job` to run as soon as a worker is free; returns once the broker has it.
     pub async fn enqueue<J: Job>(&self, job: &J) -> Result<MessageId, EnqueueError> {
         self.enqueue_with(job, EnqueueOptions::default()).await
+    }
+
+    /// Enqueues many jobs at once, their publishes pipelined: up to [`ENQUEUE_WINDOW`] are
+    /// on their way together (on RabbitMQ their publisher confirms are awaited together),
+    /// so a batch is not bound by one round trip per job. Returns once every job has its
+    /// answer, in the order given: its id once the broker has it, or why not (a failure of
+    /// one does not stop the others).
+    pub async fn enqueue_many<'j, J: Job + 'j>(
+        &self,
+        jobs: impl IntoIterator<Item = &'j J>,
+    ) -> Vec<Result<MessageId, EnqueueError>> {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(jobs)
+            .map(|job| self.enqueue(job))
+            .buffered(ENQUEUE_WINDOW)
+            .collect()
+            .await
     }
 
     /// Enqueues `job` to run no sooner than `delay` from now.

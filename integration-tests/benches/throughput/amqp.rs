@@ -11,29 +11,34 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use longshore::{Broker, JobError, QueueName, QueueOptions, Worker};
+use longshore::{Broker, ENQUEUE_WINDOW, JobError, Producer, QueueName, QueueOptions, Worker};
 
 use super::{Figure, Noop, noop, print, with_hooks};
 
-async fn fill(channel: &Channel, queue: &str, jobs: u64) {
+/// Publishes no-op job `n` as a plain client would; the confirm is the caller's to await.
+async fn publish_noop(channel: &Channel, queue: &str, n: u64) -> lapin::PublisherConfirm {
     let mut headers = FieldTable::default();
     headers.insert("longshore-job".into(), AMQPValue::LongString("noop".into()));
     let properties = BasicProperties::default()
         .with_headers(headers)
         .with_delivery_mode(2);
+    let body = format!(r#"{{"n":{n}}}"#);
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            properties,
+        )
+        .await
+        .expect("publish")
+}
+
+async fn fill(channel: &Channel, queue: &str, jobs: u64) {
     for n in 0..jobs {
-        let body = format!(r#"{{"n":{n}}}"#);
         // Pipelined: confirms are awaited together below.
-        let _confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                properties.clone(),
-            )
-            .await
-            .expect("publish");
+        let _confirm = publish_noop(channel, queue, n).await;
     }
     channel.wait_for_confirms().await.expect("confirms");
 }
@@ -232,6 +237,88 @@ async fn raw_publisher() -> (Connection, Channel) {
     (connection, publisher)
 }
 
+/// Publishes `jobs` messages as a raw client would, keeping up to `window` unconfirmed.
+async fn raw_windowed_publish(
+    channel: &Channel,
+    queue: &str,
+    jobs: u64,
+    window: usize,
+) -> Duration {
+    let start = Instant::now();
+    let mut pending = std::collections::VecDeque::with_capacity(window);
+    for n in 0..jobs {
+        pending.push_back(publish_noop(channel, queue, n).await);
+        if pending.len() >= window {
+            let oldest = pending.pop_front().expect("one pending");
+            assert!(oldest.await.expect("confirm").is_ack());
+        }
+    }
+    for confirm in pending {
+        assert!(confirm.await.expect("confirm").is_ack());
+    }
+    start.elapsed()
+}
+
+/// Enqueue throughput: a raw windowed confirm publish, longshore's `enqueue_many`, and one
+/// caller awaiting each `enqueue` in turn; interleaved, best of three.
+async fn enqueue_figures(broker: &Arc<dyn Broker>, publisher: &Channel, jobs: u64) {
+    let queue = QueueName::new("longshore-bench-enqueue");
+    let producer = Producer::new(Arc::clone(broker), queue.clone());
+    let noops: Vec<Noop> = (0..jobs).map(|n| Noop { n }).collect();
+    let serial_jobs = (jobs / 10).max(1);
+    let mut best = [Duration::MAX; 3];
+    for _ in 0..3 {
+        for (index, best) in best.iter_mut().enumerate() {
+            broker.delete(&queue).await.expect("delete");
+            broker
+                .declare(&queue, &QueueOptions::default())
+                .await
+                .expect("declare");
+            let start = Instant::now();
+            match index {
+                0 => {
+                    let took =
+                        raw_windowed_publish(publisher, queue.as_str(), jobs, ENQUEUE_WINDOW).await;
+                    *best = (*best).min(took);
+                    continue;
+                }
+                1 => {
+                    for answer in producer.enqueue_many(&noops).await {
+                        answer.expect("enqueued");
+                    }
+                }
+                _ => {
+                    for job in &noops[..serial_jobs as usize] {
+                        producer.enqueue(job).await.expect("enqueued");
+                    }
+                }
+            }
+            *best = (*best).min(start.elapsed());
+        }
+    }
+    let figures = [
+        Figure {
+            label: format!(
+                "rabbitmq enqueue: raw confirm publish, {ENQUEUE_WINDOW} unconfirmed at most"
+            ),
+            jobs,
+            elapsed: best[0],
+        },
+        Figure {
+            label: "rabbitmq enqueue: longshore enqueue_many".into(),
+            jobs,
+            elapsed: best[1],
+        },
+        Figure {
+            label: "rabbitmq enqueue: longshore enqueue, one caller, each awaited".into(),
+            jobs: serial_jobs,
+            elapsed: best[2],
+        },
+    ];
+    print(&figures, &figures[0]);
+    broker.delete(&queue).await.expect("delete");
+}
+
 /// Best of three longshore runs on RabbitMQ: (no-op at prefetch 100, 5 ms I/O).
 pub(super) async fn longshore_only(jobs: u64) -> (Duration, Duration) {
     let broker = broker().await;
@@ -325,4 +412,5 @@ pub(super) async fn run(jobs: u64) {
         print(&figures, raw_best);
     }
     broker.delete(&queue).await.expect("delete");
+    enqueue_figures(&broker, &publisher, jobs.min(50_000)).await;
 }

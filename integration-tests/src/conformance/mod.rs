@@ -156,6 +156,7 @@ macro_rules! conformance_suite {
             worker::concurrency_limit_is_never_exceeded,
             worker::graceful_shutdown_finishes_in_flight_and_leaves_the_rest,
             worker::shutdown_deadline_releases_running_jobs,
+            worker::enqueue_many_answers_for_every_job_in_order,
             scope::scoped_values_are_fresh_and_disposed_on_every_outcome,
             scope::failing_panicking_and_hanging_disposers_fail_the_attempt_and_settle,
             settlement::retry_redelivers_after_its_delay_with_the_next_attempt,

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use longshore::Trigger;
 use longshore::spi::{Message, headers};
+use longshore::{Producer, Trigger};
 
 use super::{
     await_settled, await_worker, cleanup, declared_queue, enqueue, probe_worker, take_dead_letters,
 };
-use crate::harness::{Behaviour, Harness, Probe, Recorder, Running, eventually};
+use crate::harness::{Behaviour, Harness, Probe, Recorder, Running, eventually, unique_queue};
 
 fn probes(behaviour: Behaviour, count: u32) -> Vec<Probe> {
     (0..count).map(|key| Probe { key, behaviour }).collect()
@@ -338,5 +338,34 @@ pub async fn shutdown_deadline_releases_running_jobs(h: &Harness) {
     assert_eq!((report.stats.released, report.stats.succeeded), (3, 0));
     assert!(!report.immediate);
     await_settled(h, &queue, 3, 0).await;
+    cleanup(h, &queue).await;
+}
+
+/// `enqueue_many` enqueues every job, pipelined, and answers for each in the order given;
+/// to a queue that does not exist, each answer is the error.
+pub async fn enqueue_many_answers_for_every_job_in_order(h: &Harness) {
+    let queue = declared_queue(h, "many").await;
+    let jobs = probes(Behaviour::Succeed, 300);
+    let producer = Producer::new(Arc::clone(&h.broker), queue.clone());
+    let ids: Vec<_> = producer
+        .enqueue_many(&jobs)
+        .await
+        .into_iter()
+        .map(|id| id.expect("enqueued"))
+        .collect();
+    assert_eq!(ids.len(), 300);
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), 300, "one id per job");
+    let recorder = Arc::new(Recorder::default());
+    let worker = Running::start(probe_worker(h, &queue, &recorder));
+    await_worker(h, &worker, "300 jobs succeeded", |s| s.succeeded == 300).await;
+    worker.stop().await;
+    for key in 0..300 {
+        assert_eq!(recorder.runs(key).len(), 1, "probe {key}");
+    }
+    let missing = Producer::new(Arc::clone(&h.broker), unique_queue("nowhere"));
+    let answers = missing.enqueue_many(&jobs[..3]).await;
+    assert_eq!(answers.len(), 3);
+    assert!(answers.iter().all(Result::is_err), "{answers:?}");
     cleanup(h, &queue).await;
 }

@@ -17,6 +17,8 @@ pub(crate) struct Feed {
     options: ConsumeOptions,
     stream: Option<DeliveryStream>,
     backoff: ExponentialBackoff,
+    /// The backoff was used since the last delivery (so it starts over at the next one).
+    backed_off: bool,
     health: Health,
 }
 
@@ -43,6 +45,7 @@ impl Feed {
             options,
             stream: None,
             backoff: reconnect_backoff(),
+            backed_off: false,
         }
     }
 
@@ -68,7 +71,10 @@ impl Feed {
             };
             match stream.next().await {
                 Some(Ok(delivery)) => {
-                    self.backoff = reconnect_backoff();
+                    if self.backed_off {
+                        self.backoff = reconnect_backoff();
+                        self.backed_off = false;
+                    }
                     return delivery;
                 }
                 Some(Err(error)) => {
@@ -88,6 +94,7 @@ impl Feed {
     }
 
     async fn pause(&mut self) {
+        self.backed_off = true;
         let delay = self.backoff.next().unwrap_or(Duration::from_secs(10));
         tracing::debug!(queue = %self.queue, delay_ms = delay.as_millis() as u64, "consuming again after a pause");
         tokio::time::sleep(delay).await;
