@@ -172,7 +172,7 @@ pub(crate) async fn connect(
 
 /// One live connection, its publishing channel and its generation.
 pub(crate) struct Live {
-    pub(crate) connection: Connection,
+    pub(crate) connection: Arc<Connection>,
     pub(crate) publisher: Publisher,
     /// Which connection of the link this is (0 the first).
     pub(crate) generation: u64,
@@ -215,7 +215,7 @@ impl Link {
         let connection = connect(nodes, "longshore", timeout).await?;
         let publisher = Publisher::open(&connection).await?;
         Ok(Live {
-            connection,
+            connection: Arc::new(connection),
             publisher,
             generation,
         })
@@ -313,7 +313,7 @@ impl Link {
                     .await?;
                 match Publisher::open(&connection).await {
                     Ok(publisher) => Ok(Live {
-                        connection,
+                        connection: Arc::new(connection),
                         publisher,
                         generation,
                     }),
@@ -343,6 +343,33 @@ impl Link {
         }
     }
 
+    /// Replaces the publishing channel of `used` (if it is still the current one) by a
+    /// fresh one on the same connection.
+    async fn renew_publisher(&self, used: &Arc<Live>) {
+        let current = || Arc::ptr_eq(&self.live(), used);
+        if !current() {
+            return;
+        }
+        let Ok(publisher) = Publisher::open(&used.connection).await else {
+            return;
+        };
+        let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
+        if Arc::ptr_eq(&live, used) {
+            *live = Arc::new(Live {
+                connection: Arc::clone(&used.connection),
+                publisher,
+                generation: used.generation,
+            });
+            tracing::info!("opened a fresh publishing channel after repeated publisher nacks");
+        } else {
+            drop(live);
+            let channel = publisher.channel().clone();
+            tokio::spawn(async move {
+                let _ = channel.close(200, "longshore: not needed".into()).await;
+            });
+        }
+    }
+
     /// Runs `publish` on the current connection; if it is lost, waits for the next one and
     /// tries again, for up to a minute.
     pub(crate) async fn publish<F, Fut>(&self, publish: F) -> Result<(), BrokerError>
@@ -352,9 +379,19 @@ impl Link {
     {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut generation = self.generation();
+        let mut refused = 0;
         loop {
-            match publish(self.live()).await {
+            let live = self.live();
+            match publish(Arc::clone(&live)).await {
                 Err(error) if error.is_transient() && Instant::now() < deadline => {
+                    if matches!(error, BrokerError::Refused { .. }) {
+                        refused += 1;
+                        if refused % 3 == 0 {
+                            // Refused again and again: go on with a fresh channel, in case
+                            // this one's view of the queue went stale (a leader change).
+                            self.renew_publisher(&live).await;
+                        }
+                    }
                     tracing::warn!(%error, "publish failed; trying again once the broker takes it");
                     let _ = tokio::time::timeout_at(
                         deadline.min(Instant::now() + Duration::from_secs(1)),

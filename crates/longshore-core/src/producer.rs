@@ -225,8 +225,22 @@ impl Producer {
         jobs: impl IntoIterator<Item = &'j J>,
     ) -> Vec<Result<MessageId, EnqueueError>> {
         use futures_util::StreamExt;
-        futures_util::stream::iter(jobs)
-            .map(|job| self.enqueue(job))
+        // Encoded first, so the stream owns what it sends (its future stays `Send` for any
+        // caller, e.g. inside `tokio::spawn`).
+        let bodies: Vec<Result<Vec<u8>, EnqueueError>> = jobs
+            .into_iter()
+            .map(|job| {
+                serde_json::to_vec(job).map_err(|source| EnqueueError::Encode {
+                    job: J::NAME,
+                    source,
+                })
+            })
+            .collect();
+        futures_util::stream::iter(bodies)
+            .map(|body| async move {
+                self.enqueue_body(JobName::new(J::NAME), body?, EnqueueOptions::default())
+                    .await
+            })
             .buffered(ENQUEUE_WINDOW)
             .collect()
             .await

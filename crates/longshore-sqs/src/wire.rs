@@ -115,10 +115,17 @@ pub(crate) fn encode(
         attributes.push((JOB.to_owned(), string(message.job.as_str())));
     }
     for (name, value) in &message.headers {
-        if let Some(original) = name.strip_prefix(BINARY) {
-            if let Some(bytes) = base64_decode(value) {
-                attributes.push((original.to_owned(), binary(bytes)));
-            }
+        if let Some(original) = name.strip_prefix(BINARY)
+            && original != META
+            && (original != JOB || message.job.as_str().is_empty())
+            && let Some(bytes) = base64_decode(value)
+            && base64_encode(&bytes) == *value
+        {
+            attributes.push((original.to_owned(), binary(bytes)));
+        } else if name.starts_with(BINARY) {
+            // Not a Binary attribute longshore kept (or one that would clash with its own):
+            // it travels as it is.
+            attributes.push((name.clone(), string(value.as_str())));
         } else if packed(name) {
             meta.insert(name.clone(), serde_json::Value::from(value.as_str()));
         } else {
@@ -168,6 +175,12 @@ pub(crate) fn decode(
     for (name, value) in attributes.into_iter().flatten() {
         let Some(text) = value.string_value() else {
             if let Some(bytes) = value.binary_value() {
+                if name == META {
+                    tracing::warn!(
+                        "ignoring a Binary `longshore-meta` attribute: it must be a String"
+                    );
+                    continue;
+                }
                 if name == JOB {
                     wire.insert(
                         headers::WIRE_ERROR.to_owned(),
@@ -268,6 +281,38 @@ mod tests {
             assert_eq!(base64_decode(&base64_encode(bytes)).as_deref(), Some(bytes));
         }
         assert_eq!(base64_encode(b"hello"), "aGVsbG8=");
+    }
+
+    /// Found by `fuzz/fuzz_targets/sqs_message.rs`: a Binary `longshore-meta` came back as
+    /// a header, and encoding it again clashed with the meta attribute longshore writes.
+    #[test]
+    fn a_binary_meta_attribute_is_ignored_and_never_clashes() {
+        let received = received(vec![
+            (JOB.to_owned(), string("resize")),
+            (META.to_owned(), binary(vec![0])),
+        ]);
+        let (message, _) = decode(Some("{}"), Some(&received), Some("sqs-id"));
+        assert!(message.headers.is_empty(), "{:?}", message.headers);
+        let mut odd = Message::new("resize", b"{}".to_vec());
+        odd.headers.insert(format!("{BINARY}{META}"), "AA==".into());
+        odd.headers.insert(format!("{BINARY}{JOB}"), "AA==".into());
+        odd.headers
+            .insert(format!("{BINARY}x"), "not base64!".into());
+        // Found by the fuzzer too: base64 without its padding is not what decoding makes.
+        odd.headers.insert(format!("{BINARY}l"), "in".into());
+        let attributes = encode(&odd, None).unwrap();
+        let names: Vec<&str> = attributes.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.iter().filter(|n| **n == META).count(), 1, "{names:?}");
+        assert_eq!(names.iter().filter(|n| **n == JOB).count(), 1, "{names:?}");
+        let (again, _) = decode(
+            Some("{}"),
+            Some(&attributes.into_iter().collect()),
+            Some("sqs-id"),
+        );
+        assert_eq!(
+            again.headers, odd.headers,
+            "the odd headers travel as they are"
+        );
     }
 
     #[test]

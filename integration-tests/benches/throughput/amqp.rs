@@ -17,18 +17,27 @@ use super::{Figure, Noop, noop, print, with_hooks};
 
 /// Publishes no-op job `n` as a plain client would; the confirm is the caller's to await.
 async fn publish_noop(channel: &Channel, queue: &str, n: u64) -> lapin::PublisherConfirm {
+    publish_body(channel, queue, format!(r#"{{"n":{n}}}"#).as_bytes()).await
+}
+
+/// Publishes `body` as a plain client would (persistent, `longshore-job: noop`); the
+/// confirm is the caller's to await.
+pub(super) async fn publish_body(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+) -> lapin::PublisherConfirm {
     let mut headers = FieldTable::default();
     headers.insert("longshore-job".into(), AMQPValue::LongString("noop".into()));
     let properties = BasicProperties::default()
         .with_headers(headers)
         .with_delivery_mode(2);
-    let body = format!(r#"{{"n":{n}}}"#);
     channel
         .basic_publish(
             "".into(),
             queue.into(),
             BasicPublishOptions::default(),
-            body.as_bytes(),
+            body,
             properties,
         )
         .await
@@ -52,6 +61,29 @@ async fn fresh_queue(broker: &Arc<dyn Broker>, queue: &QueueName, channel: &Chan
     fill(channel, queue.as_str(), jobs).await;
 }
 
+/// A raw consumer of `queue` on a channel of its own with `prefetch`.
+pub(super) async fn raw_consumer(
+    connection: &Connection,
+    queue: &QueueName,
+    prefetch: u16,
+) -> (Channel, lapin::Consumer) {
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    (channel, consumer)
+}
+
 /// The raw loop: consume, decode, ack. `spawn: false` awaits each ack in turn (a serial
 /// handler); `spawn: true` hands each delivery to its own task that waits `work` and acks
 /// (concurrent handlers, bounded by the prefetch).
@@ -63,21 +95,8 @@ async fn raw(
     spawn: bool,
     work: Duration,
 ) -> Duration {
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .expect("qos");
     let start = Instant::now();
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let (channel, mut consumer) = raw_consumer(connection, queue, prefetch).await;
     let done = Arc::new(AtomicU64::new(0));
     let mut received = 0;
     while received < jobs {
@@ -117,21 +136,8 @@ async fn raw_coalesced(
     prefetch: u16,
     work: Duration,
 ) -> Duration {
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .expect("qos");
     let start = Instant::now();
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let (channel, mut consumer) = raw_consumer(connection, queue, prefetch).await;
     let (finished_tx, mut finished) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let acker_channel = channel.clone();
     let acker = tokio::spawn(async move {
@@ -225,7 +231,7 @@ pub(super) async fn broker() -> Arc<dyn Broker> {
 }
 
 /// A raw lapin connection and a confirming channel to fill queues with.
-async fn raw_publisher() -> (Connection, Channel) {
+pub(super) async fn raw_publisher() -> (Connection, Channel) {
     let connection = Connection::connect(&url(), ConnectionProperties::default())
         .await
         .expect("raw connection");
@@ -337,6 +343,18 @@ pub(super) async fn longshore_only(jobs: u64) -> (Duration, Duration) {
     }
     broker.delete(&queue).await.expect("delete");
     best
+}
+
+/// One longshore run of `jobs` no-op jobs at prefetch and concurrency 100, as
+/// `scripts/bench peers` compares it with Celery and Dramatiq.
+pub(super) async fn longshore_noop(jobs: u64) -> Duration {
+    let broker = broker().await;
+    let (_connection, publisher) = raw_publisher().await;
+    let queue = QueueName::new("longshore-bench-peers");
+    fresh_queue(&broker, &queue, &publisher, jobs).await;
+    let took = with_longshore(&broker, &queue, jobs, 100, 100, false).await;
+    broker.delete(&queue).await.expect("delete");
+    took
 }
 
 pub(super) async fn run(jobs: u64) {

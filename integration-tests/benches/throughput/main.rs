@@ -2,7 +2,8 @@
 //! broker, in the same run. Prints jobs/s, mean per-job cost and the ratio.
 //!
 //! `cargo bench -p integration-tests --bench throughput [-- memory] [-- amqp] [-- sqs]
-//! [-- status]`
+//! [-- status] [-- latency] [-- rss]` (`-- longshore-noop` prints one RabbitMQ figure as JSON, for
+//! `scripts/bench peers`)
 //! (`BENCH_JOBS` sets the job count; `LONGSHORE_AMQP_URL` the RabbitMQ.)
 //!
 //! `-- telemetry` runs longshore on memory and RabbitMQ with telemetry off, then sets up
@@ -168,6 +169,8 @@ async fn memory(jobs: u64) {
 }
 
 mod amqp;
+mod latency;
+mod rss;
 mod sqs;
 mod status;
 mod telemetry;
@@ -201,6 +204,27 @@ fn main() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(30_000);
         telemetry::telemetry_run(&runtime, mode, amqp_jobs);
+        return;
+    }
+    if which.iter().any(|w| w == "longshore-noop") {
+        // For `scripts/bench peers`: one figure, as JSON.
+        let took = runtime.block_on(amqp::longshore_noop(jobs));
+        println!(
+            "{{\"jobs_per_second\": {:.0}}}",
+            jobs as f64 / took.as_secs_f64()
+        );
+        return;
+    }
+    if which.iter().any(|w| w == "rss") {
+        runtime.block_on(rss::run(jobs.min(100_000)));
+        return;
+    }
+    if which.iter().any(|w| w == "latency") {
+        let seconds = std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10);
+        runtime.block_on(latency::run(seconds));
         return;
     }
     if which.iter().any(|w| w == "telemetry") {

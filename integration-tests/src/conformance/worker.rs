@@ -347,9 +347,11 @@ pub async fn enqueue_many_answers_for_every_job_in_order(h: &Harness) {
     let queue = declared_queue(h, "many").await;
     let jobs = probes(Behaviour::Succeed, 300);
     let producer = Producer::new(Arc::clone(&h.broker), queue.clone());
-    let ids: Vec<_> = producer
-        .enqueue_many(&jobs)
+    // On a task of its own, as a web handler would: the future is `Send`.
+    let sending = jobs.clone();
+    let ids: Vec<_> = tokio::spawn(async move { producer.enqueue_many(&sending).await })
         .await
+        .expect("the enqueue task")
         .into_iter()
         .map(|id| id.expect("enqueued"))
         .collect();
