@@ -71,6 +71,8 @@ pub struct Delivery {
     attempt: Attempt,
     queue: QueueName,
     lease: Option<(Duration, Instant)>,
+    /// The broker waits retries in whole multiples of it (zero: any delay).
+    retry_unit: Duration,
     acknowledger: Arc<dyn Acknowledger>,
 }
 
@@ -103,8 +105,23 @@ impl Delivery {
             attempt,
             queue,
             lease: None,
+            retry_unit: Duration::ZERO,
             acknowledger: Arc::new(acknowledger),
         }
+    }
+
+    /// Says the broker waits retries in whole multiples of `unit` (SQS: a second, its
+    /// visibility timeout's unit). The runtime then draws retry delays in whole units with
+    /// the policy's mean, so jitter keeps its spread instead of every short delay rounding
+    /// up to the same unit.
+    pub fn with_retry_unit(mut self, unit: Duration) -> Self {
+        self.retry_unit = unit;
+        self
+    }
+
+    /// The unit the broker waits retries in ([`Delivery::with_retry_unit`]); zero: any.
+    pub fn retry_unit(&self) -> Duration {
+        self.retry_unit
     }
 
     /// Marks the delivery as leased for `lease` (its visibility timeout) from now: the

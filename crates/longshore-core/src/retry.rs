@@ -114,9 +114,43 @@ impl RetryPolicy {
     }
 }
 
+/// `delay` in whole multiples of `unit`, rounded down or up at random in proportion (`draw`
+/// uniform in [0, 1)): with a unit of 1 s, 1.37 s waits 1 s 63% of the time and 2 s 37%. The
+/// mean stays `delay`, so full jitter keeps its spread on a broker that waits in whole
+/// seconds; rounding every draw up would put all the first retries of a 1 s policy at 1 s.
+/// A zero `unit` leaves `delay` as it is.
+pub(crate) fn whole_units(delay: Duration, unit: Duration, draw: f64) -> Duration {
+    if unit.is_zero() {
+        return delay;
+    }
+    let units = delay.as_secs_f64() / unit.as_secs_f64();
+    let whole = units.floor();
+    let up = f64::from(u8::from(draw < units - whole));
+    unit.mul_f64(whole + up)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_units_keep_the_mean_and_the_spread() {
+        let second = Duration::from_secs(1);
+        let delay = Duration::from_millis(1_370);
+        assert_eq!(whole_units(delay, second, 0.0), Duration::from_secs(2));
+        assert_eq!(whole_units(delay, second, 0.5), second);
+        let draws = 10_000;
+        let mean = (0..draws)
+            .map(|i| whole_units(delay, second, f64::from(i) / f64::from(draws)).as_secs_f64())
+            .sum::<f64>()
+            / f64::from(draws);
+        assert!((mean - 1.37).abs() < 0.01, "{mean}");
+        assert_eq!(
+            whole_units(Duration::from_millis(300), second, 0.9),
+            Duration::ZERO
+        );
+        assert_eq!(whole_units(delay, Duration::ZERO, 0.9), delay);
+    }
 
     #[test]
     fn delays_stay_within_zero_and_cap() {

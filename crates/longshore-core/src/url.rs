@@ -45,42 +45,31 @@ impl BrokerUrl {
         &self.0
     }
 
-    /// The URL with any password replaced by `***`, however malformed the URL is: whatever
-    /// stands before an `@` in the part that would be the authority counts as userinfo
-    /// (`amqps//guest:hunter2@host` and `guest:hunter2@host` too).
+    /// The URL with any password replaced by `***`, however malformed the URL is:
+    /// everything from the first `:` that does not start `://` up to the last `@` counts as
+    /// a password (`amqps//guest:hunter2@host`, `guest:hunter2@host`, a password holding
+    /// `@` or `/`). Each URL of a comma-separated list is redacted on its own.
     pub fn redacted(&self) -> String {
-        if self.0.contains(',') {
-            return self
-                .0
-                .split(',')
-                .map(|part| BrokerUrl::new(part).redacted())
-                .collect::<Vec<_>>()
-                .join(",");
-        }
-        let url = self.0.as_str();
-        // Where the authority starts: after `://`, or (a mistyped scheme) after the last `/`
-        // before the first `@`, or at the start.
-        let start = match url.find("://") {
-            Some(at) => at + 3,
-            None => match url.find('@') {
-                Some(at) => url[..at].rfind('/').map_or(0, |slash| slash + 1),
-                None => return url.to_owned(),
-            },
-        };
-        let rest = &url[start..];
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let authority = &rest[..authority_end];
-        match authority.rsplit_once('@') {
-            Some((userinfo, _)) if userinfo.contains(':') => {
-                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-                format!(
-                    "{}{user}:***{}",
-                    &url[..start],
-                    &url[start + userinfo.len()..]
-                )
-            }
-            _ => url.to_owned(),
-        }
+        self.0
+            .split(',')
+            .map(redact_one)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// [`BrokerUrl::redacted`] for one URL.
+fn redact_one(url: &str) -> String {
+    let Some(last_at) = url.rfind('@') else {
+        return url.to_owned();
+    };
+    let colon = url[..last_at]
+        .match_indices(':')
+        .map(|(at, _)| at)
+        .find(|&at| !url[at..].starts_with("://"));
+    match colon {
+        Some(at) => format!("{}:***{}", &url[..at], &url[last_at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -161,11 +150,16 @@ mod tests {
     fn mistyped_urls_hide_their_passwords_too() {
         for (typed, shown) in [
             ("amqps//guest:hunter2@host", "amqps//guest:***@host"),
+            // One slash short: more is hidden than the password, never less.
             (
                 "amqp:/guest:hunter2@host:5672/%2f",
-                "amqp:/guest:***@host:5672/%2f",
+                "amqp:***@host:5672/%2f",
             ),
             ("guest:hunter2@host", "guest:***@host"),
+            // Found by `fuzz/fuzz_targets/broker_url.rs`: a `?` before the user info.
+            ("?user:hunter2@", "?user:***@"),
+            ("user:hunter2@x://y:z@w", "user:***@w"),
+            ("amqp://u:pa/ss:hunter2@h", "amqp://u:***@h"),
             ("amqp://guest:hun@ter2@host/v", "amqp://guest:***@host/v"),
         ] {
             let url = BrokerUrl::new(typed);

@@ -178,7 +178,9 @@ fn deliver(
         ctx.name.clone(),
         acknowledger,
     )
-    .with_lease_until(lease, deadline);
+    .with_lease_until(lease, deadline)
+    // A retry waits as a visibility timeout: whole seconds.
+    .with_retry_unit(Duration::from_secs(1));
     Some(delivery)
 }
 

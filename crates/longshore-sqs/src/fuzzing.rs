@@ -19,12 +19,29 @@ pub enum Attribute {
     Binary(Vec<u8>),
 }
 
+/// Whether SQS would deliver such an attribute: a name of 1 to 256 letters, digits, `_`,
+/// `-` and `.` (not starting with `AWS.` or `Amazon.`), and a value that is not empty.
+fn deliverable(name: &str, value: &Attribute) -> bool {
+    let name_ok = (1..=256).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !name.starts_with("AWS.")
+        && !name.starts_with("Amazon.");
+    let value_ok = match value {
+        Attribute::String(text) | Attribute::Number(text) => !text.is_empty(),
+        Attribute::Binary(bytes) => !bytes.is_empty(),
+    };
+    name_ok && value_ok
+}
+
 /// Decodes a received message (body, attributes including `longshore-meta`) as the consumer
 /// does, then encodes it again and decodes that: the job name, id, body, user headers and
 /// Binary attributes survive the round trip. Panics only if decoding is wrong.
 pub fn decode_message(body: Option<&str>, attributes: Vec<(String, Attribute)>) {
     let attributes: HashMap<String, MessageAttributeValue> = attributes
         .into_iter()
+        .filter(|(name, value)| deliverable(name, value))
         .filter_map(|(name, value)| {
             let built = match value {
                 Attribute::String(text) => MessageAttributeValue::builder()

@@ -19,24 +19,6 @@ use crate::queue::QueueCtx;
 use crate::received::Received;
 use crate::topology::seconds_up;
 
-/// A retry delay in whole seconds (SQS's visibility timeout), at most 12 hours, rounded
-/// down or up at random in proportion (`draw` uniform in [0, 1)): 1.37 s waits 1 s 63% of
-/// the time and 2 s 37%. The mean stays the delay the retry policy drew, so full jitter
-/// keeps its spread; rounding every draw up would put all the first retries of a 1 s
-/// policy at 1 s. A draw of 0 s retries at once, as full jitter may.
-pub(crate) fn whole_seconds(delay: Duration, draw: f64) -> u64 {
-    if delay > MAX_VISIBILITY {
-        tracing::warn!(
-            ?delay,
-            "SQS retries wait at most 12 hours (the longest visibility timeout)"
-        );
-    }
-    let delay = delay.min(MAX_VISIBILITY);
-    let whole = delay.as_secs();
-    let fraction = f64::from(delay.subsec_nanos()) / 1e9;
-    whole + u64::from(draw < fraction)
-}
-
 /// SQS's longest visibility timeout (12 hours).
 pub(crate) const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
 
@@ -194,7 +176,15 @@ impl Acknowledger for SqsAcknowledger {
         self.settling.store(true, Ordering::Relaxed);
         let settlement = match settlement {
             Settlement::Retry { delay } => {
-                let mut seconds = whole_seconds(delay, fastrand::f64());
+                // Never early: up to the next whole second (the runtime drew the delay in
+                // whole seconds already, keeping the jitter), at most 12 hours.
+                if delay > MAX_VISIBILITY {
+                    tracing::warn!(
+                        ?delay,
+                        "SQS retries wait at most 12 hours (the longest visibility timeout)"
+                    );
+                }
+                let mut seconds = u64::try_from(seconds_up(delay.min(MAX_VISIBILITY))).unwrap_or(0);
                 if self.group.is_some() {
                     // FIFO: the group waits for its retry; a retry visible at once could
                     // be received behind the group's next messages, which the gate hands
@@ -294,26 +284,4 @@ pub(crate) async fn hand_back(acknowledger: SqsAcknowledger) {
         tracing::debug!(%error, "could not hand back a message; it comes back after its visibility timeout");
     }
     acknowledger.end(Ended::Returned);
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::whole_seconds;
-
-    #[test]
-    fn retry_delays_are_whole_seconds_that_keep_their_mean() {
-        let delay = Duration::from_millis(1370);
-        assert_eq!(whole_seconds(delay, 0.0), 2);
-        assert_eq!(whole_seconds(delay, 0.5), 1);
-        let draws = 1000;
-        let mean = (0..draws)
-            .map(|i| whole_seconds(delay, f64::from(i) / f64::from(draws)))
-            .sum::<u64>() as f64
-            / f64::from(draws);
-        assert!((mean - 1.37).abs() < 0.01, "{mean}");
-        assert_eq!(whole_seconds(Duration::from_millis(300), 0.9), 0);
-        assert_eq!(whole_seconds(Duration::from_secs(50_000), 0.0), 43_200);
-    }
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use super::{JobRequest, Layer, Next};
 use crate::job::JobError;
 use crate::outcome::Outcome;
-use crate::retry::RetryDecision;
+use crate::retry::{RetryDecision, whole_units};
 
 /// Turns [`Outcome::Failed`] into [`Outcome::Retried`] or [`Outcome::DeadLettered`]: a
 /// retryable error is retried with the job's retry policy until its attempts are used up;
@@ -41,6 +41,7 @@ pub(super) fn classify(job: &JobRequest, error: &JobError) -> Outcome {
     };
     match policy.decide(attempt) {
         RetryDecision::RetryAfter(delay) => {
+            let delay = whole_units(delay, job.retry_unit(), fastrand::f64());
             tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "job failed; retrying");
             Outcome::Retried {
                 delay,

@@ -163,6 +163,13 @@ impl JobRequest {
         self.registration.is_ok()
     }
 
+    /// The unit the broker waits retries in (zero: any delay).
+    pub(crate) fn retry_unit(&self) -> Duration {
+        self.delivery
+            .as_ref()
+            .map_or(Duration::ZERO, Delivery::retry_unit)
+    }
+
     /// The job type's retry policy; `None` for a job without a handler.
     pub(crate) fn retry_policy(&self) -> Option<&RetryPolicy> {
         self.registration.as_ref().ok().map(|r| &r.retry)
