@@ -12,28 +12,6 @@ use integration_tests::process::WorkerProcess;
 use integration_tests::rabbit_node::RabbitNode;
 use longshore::{Broker, Producer, QueueOptions};
 
-/// Ready and unacknowledged messages of `queue`, as the node counts them.
-fn counts(node: &RabbitNode, queue: &str) -> (u64, u64) {
-    let listed = node.ctl(&[
-        "list_queues",
-        "--quiet",
-        "--no-table-headers",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-    ]);
-    let line = listed
-        .lines()
-        .find(|line| line.split_whitespace().next() == Some(queue))
-        .unwrap_or_else(|| panic!("{queue} not listed: {listed}"));
-    let numbers: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|n| n.parse().expect("a count"))
-        .collect();
-    (numbers[0], numbers[1])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_first_job_is_not_acked_with_the_fast_ones_after_it() {
     // A node of the test's own: rabbitmqctl counts the unacknowledged deliveries.
@@ -71,7 +49,7 @@ async fn a_slow_first_job_is_not_acked_with_the_fast_ones_after_it() {
         Duration::from_secs(30),
         "the 99 fast jobs acked",
         || async {
-            match counts(&node, queue.as_str()) {
+            match node.queue_counts(queue.as_str()) {
                 (0, 1) => Ok(()),
                 other => Err(format!("ready, unacked: {other:?}")),
             }
@@ -85,7 +63,7 @@ async fn a_slow_first_job_is_not_acked_with_the_fast_ones_after_it() {
         Duration::from_secs(30),
         "job 0 back in the queue",
         || async {
-            match counts(&node, queue.as_str()) {
+            match node.queue_counts(queue.as_str()) {
                 (ready, 0) => Ok((ready, 0)),
                 other => Err(format!("ready, unacked: {other:?}")),
             }
