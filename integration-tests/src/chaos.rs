@@ -33,6 +33,18 @@ impl Job for Chaos {
     const NAME: &'static str = "chaos";
 }
 
+/// Logs of a chaos worker process: to stderr (stdout carries `done <n>`), plain text,
+/// filtered by `RUST_LOG` (default `info`).
+pub fn init_worker_logs() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(longshore::log_filter(
+            &std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )))
+        .init();
+}
+
 /// The handler: takes the given time, then prints `done <n>` (or fails for good).
 pub async fn chaos(job: Chaos, work: Dep<Duration>) -> Result<(), JobError> {
     tokio::time::sleep(job.ms.map_or(*work, Duration::from_millis)).await;

@@ -261,6 +261,78 @@ async fn oversized_messages_and_too_many_headers_are_clear_errors() {
     cleanup(&h, &queue).await;
 }
 
+/// Publishes on their way together share `SendMessageBatch` calls, and each still gets its
+/// own answer: one that SQS refuses (a body with a character SQS does not take) fails with
+/// SQS's reason, the others beside it in the same batch arrive, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_sharing_a_batch_each_get_their_own_answer() {
+    let h = harness(sqs_broker().await);
+    let queue = declared_queue(&h, "batched").await;
+    let messages: Vec<Message> = (0..10)
+        .map(|n| {
+            // U+0000 is UTF-8, but SQS takes no control characters besides tab and newlines.
+            let body = if n == 4 {
+                "{\"n\":\"\u{0}\"}".to_owned()
+            } else {
+                format!("{{\"n\":{n}}}")
+            };
+            Message::new("probe", body.into_bytes())
+        })
+        .collect();
+    let answers = futures_util::future::join_all(
+        messages
+            .iter()
+            .map(|message| h.broker.publish(&queue, message.clone())),
+    )
+    .await;
+    for (n, answer) in answers.iter().enumerate() {
+        if n == 4 {
+            let Err(BrokerError::InvalidMessage {
+                message_id,
+                problem,
+            }) = answer
+            else {
+                panic!("the refused message: {answer:?}")
+            };
+            assert_eq!(message_id, &messages[4].id);
+            assert!(
+                problem.contains("SQS refused it") || problem.contains("Invalid"),
+                "{problem}"
+            );
+        } else {
+            assert!(answer.is_ok(), "message {n}: {answer:?}");
+        }
+    }
+    let mut stream = h
+        .broker
+        .consume(&queue, &ConsumeOptions::default().prefetch(10))
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 9 && Instant::now() < deadline {
+        let Ok(Some(delivery)) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await
+        else {
+            continue;
+        };
+        let delivery = delivery.unwrap();
+        assert!(
+            seen.insert(delivery.message().id.clone()),
+            "delivered twice"
+        );
+        delivery.ack().await.unwrap();
+    }
+    let expected: std::collections::HashSet<_> = messages
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| *n != 4)
+        .map(|(_, message)| message.id.clone())
+        .collect();
+    assert_eq!(seen, expected);
+    drop(stream);
+    cleanup(&h, &queue).await;
+}
+
 /// A worker killed mid-job: the message becomes visible again after its visibility timeout
 /// and the next worker completes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,7 +58,36 @@ async fn connect_once(
         cert_chain: ca.map(str::to_owned),
     };
     let runtime = lapin::runtime::default_runtime()?;
-    Connection::connect_with_config(url.expose(), properties, tls, runtime).await
+    let uri = with_default_frame_max(url.expose());
+    Connection::connect_with_config(&uri, properties, tls, runtime).await
+}
+
+/// The largest AMQP frame longshore asks for unless the URL says (`?frame_max=`): 32 KiB.
+/// lapin keeps 32 frames of buffer each way per connection, so RabbitMQ's default of
+/// 128 KiB would hold 8 MiB per worker; job messages are small, and a larger body simply
+/// travels in more frames.
+pub(crate) const FRAME_MAX: u32 = 32 * 1024;
+
+/// `uri` with `frame_max` set to [`FRAME_MAX`] when it sets none.
+fn with_default_frame_max(uri: &str) -> String {
+    let (base, fragment) = uri
+        .split_once('#')
+        .map_or((uri, None), |(b, f)| (b, Some(f)));
+    let query = base.split_once('?').map(|(_, query)| query);
+    if query.is_some_and(|query| query.split('&').any(|pair| pair.starts_with("frame_max="))) {
+        return uri.to_owned();
+    }
+    let separator = match query {
+        None => "?",
+        Some("") => "",
+        Some(_) => "&",
+    };
+    let mut with = format!("{base}{separator}frame_max={FRAME_MAX}");
+    if let Some(fragment) = fragment {
+        with.push('#');
+        with.push_str(fragment);
+    }
+    with
 }
 
 /// What to add to a connect error whose cause is the server's certificate.
@@ -415,5 +444,29 @@ mod tests {
         assert_eq!(endpoint(&url), "rabbit.internal:5672");
         assert_eq!(endpoint(&BrokerUrl::new("amqps://h:6000")), "h:6000");
         assert_eq!(endpoint(&BrokerUrl::new("amqps://host/%2f")), "host:5671");
+    }
+
+    #[test]
+    fn frame_max_is_asked_for_unless_the_url_sets_it() {
+        assert_eq!(
+            with_default_frame_max("amqp://h/%2f"),
+            "amqp://h/%2f?frame_max=32768"
+        );
+        assert_eq!(
+            with_default_frame_max("amqp://h/%2f?heartbeat=10"),
+            "amqp://h/%2f?heartbeat=10&frame_max=32768"
+        );
+        assert_eq!(
+            with_default_frame_max("amqp://h/v?"),
+            "amqp://h/v?frame_max=32768"
+        );
+        assert_eq!(
+            with_default_frame_max("amqp://h/v?frame_max=131072&heartbeat=5"),
+            "amqp://h/v?frame_max=131072&heartbeat=5"
+        );
+        assert_eq!(
+            with_default_frame_max("amqp://h/v?heartbeat=5&frame_max=4096"),
+            "amqp://h/v?heartbeat=5&frame_max=4096"
+        );
     }
 }

@@ -79,7 +79,7 @@ pub(crate) enum DelayError {
 /// reach) that has not come; the due-time header is taken off either way.
 pub(crate) fn not_due_yet(message: &mut Message) -> Option<Duration> {
     let due_ms = message
-        .headers
+        .headers_mut()
         .remove(headers::DUE_AT)?
         .parse::<u64>()
         .ok()?;

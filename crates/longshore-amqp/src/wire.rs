@@ -201,7 +201,7 @@ mod tests {
     fn round_trip_keeps_message_and_counts_the_attempt() {
         let mut message = Message::new("resize", b"{}".to_vec());
         message
-            .headers
+            .headers_mut()
             .insert("traceparent".into(), "00-abc-def-01".into());
         let properties = encode(&message, Attempt::new(3), &[]);
         let (back, attempt) = decode(&properties, message.body.clone(), false);

@@ -53,10 +53,10 @@ impl DeadLetter {
     pub fn revived(&self) -> Message {
         let mut message = self.message.clone();
         message
-            .headers
+            .headers_mut()
             .retain(|name, _| !name.starts_with("longshore-dead-") && name != headers::DUE_AT);
         message
-            .headers
+            .headers_mut()
             .insert(headers::TRIGGER.to_owned(), "manual".to_owned());
         message.delay = None;
         message
@@ -276,13 +276,13 @@ mod tests {
         let mut message = Message::new(job, b"{}".to_vec());
         if let Some(reason) = reason {
             message
-                .headers
+                .headers_mut()
                 .insert(headers::DEAD_REASON.into(), reason.into());
         }
         message
-            .headers
+            .headers_mut()
             .insert(headers::DEAD_AT.into(), at_ms.to_string());
-        message.headers.insert("tenant".into(), "acme".into());
+        message.headers_mut().insert("tenant".into(), "acme".into());
         DeadLetter::from_message(message)
     }
 

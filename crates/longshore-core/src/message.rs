@@ -1,6 +1,7 @@
 //! [`Message`]: what a producer publishes and a broker stores, and its wire headers.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::names::{JobName, MessageId};
@@ -61,8 +62,9 @@ pub struct Message {
     pub job: JobName,
     /// The encoded job (JSON for jobs enqueued by [`Producer`](crate::Producer)).
     pub body: Vec<u8>,
-    /// Trace context, user headers and longshore's wire headers.
-    pub headers: Headers,
+    /// Trace context, user headers and longshore's wire headers; shared, so a worker hands
+    /// them to each job's context without copying (change them with [`headers_mut`](Self::headers_mut)).
+    pub headers: Arc<Headers>,
     /// When the job was first enqueued.
     pub enqueued_at: SystemTime,
     /// Do not deliver before this much time has passed since publishing.
@@ -81,7 +83,7 @@ impl Message {
             id: MessageId::generate(),
             job: job.into(),
             body,
-            headers: Headers::new(),
+            headers: Arc::default(),
             enqueued_at: SystemTime::now(),
             delay: None,
             group: None,
@@ -89,9 +91,14 @@ impl Message {
         }
     }
 
+    /// The headers to change (copied first if they are shared).
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        Arc::make_mut(&mut self.headers)
+    }
+
     /// The message's wire headers: its own headers plus longshore's job, id and enqueue time.
     pub fn wire_headers(&self) -> Headers {
-        let mut wire = self.headers.clone();
+        let mut wire = Headers::clone(&self.headers);
         wire.insert(headers::JOB.to_owned(), self.job.to_string());
         wire.insert(headers::MESSAGE_ID.to_owned(), self.id.to_string());
         wire.insert(
@@ -121,7 +128,7 @@ impl Message {
             id,
             job: JobName::from(job),
             body,
-            headers: wire,
+            headers: Arc::new(wire),
             enqueued_at,
             delay: None,
             group: None,
@@ -144,7 +151,7 @@ mod tests {
     #[test]
     fn wire_round_trip_keeps_id_job_time_and_user_headers() {
         let mut message = Message::new("send_email", b"{}".to_vec());
-        message.headers.insert("tenant".into(), "acme".into());
+        message.headers_mut().insert("tenant".into(), "acme".into());
         let wire = message.wire_headers();
         let back = Message::from_wire(wire, message.body.clone(), Some("broker-id"));
         assert_eq!(back.id, message.id);

@@ -45,7 +45,7 @@ where
 {
     let span = send_span(system, queue, &message);
     if let Some(telemetry) = telemetry {
-        telemetry.inject(&span, &mut message.headers);
+        telemetry.inject(&span, message.headers_mut());
     }
     let published = send(message).instrument(span.clone()).await;
     if let Err(error) = &published {
@@ -320,7 +320,7 @@ impl Producer {
             id: options.id.unwrap_or_else(MessageId::generate),
             job,
             body,
-            headers: extra,
+            headers: Arc::new(extra),
             enqueued_at: SystemTime::now(),
             delay: options.delay.filter(|d| !d.is_zero()),
             group: options.group,
@@ -332,7 +332,7 @@ impl Producer {
                 match self.register(statuses, &message, unique_key.clone()).await {
                     Ok(Created::New) => {
                         message
-                            .headers
+                            .headers_mut()
                             .insert(headers::STATUS.to_owned(), "1".to_owned());
                         true
                     }

@@ -56,6 +56,7 @@
 //! ```
 
 mod hooks;
+mod log_fields;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +74,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 pub use hooks::{OtelHooks, QUEUE_DEPTH_INTERVAL};
+pub use log_fields::LogFields;
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +243,7 @@ pub fn init_with(config: &Config) -> Result<TelemetryGuard, InitError> {
     // Colours on a terminal only: container logs stay plain text.
     let stdout = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .fmt_fields(LogFields)
         .with_filter(log_filter);
     if !config.otlp {
         tracing_subscriber::registry()

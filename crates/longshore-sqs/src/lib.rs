@@ -201,7 +201,7 @@ impl Broker for SqsBroker {
 
     async fn publish(&self, queue: &QueueName, message: Message) -> Result<(), BrokerError> {
         let ctx = self.ctx(queue).await?;
-        publish::send(&ctx.client, queue, &ctx.info.url, ctx.info.fifo, &message).await
+        ctx.publish(&message).await
     }
 
     async fn consume(

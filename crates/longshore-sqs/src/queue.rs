@@ -1,5 +1,5 @@
-//! One SQS queue as the adapter holds it: client, URL, redrive target, and the batcher that
-//! turns acks into `DeleteMessageBatch` calls.
+//! One SQS queue as the adapter holds it: client, URL, redrive target, and the batchers
+//! that turn acks into `DeleteMessageBatch` calls and publishes into `SendMessageBatch`.
 
 use std::time::Duration;
 
@@ -9,7 +9,10 @@ use longshore_core::{BrokerError, MessageId, QueueName};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use longshore_core::spi::Message;
+
 use crate::client::{broker_error, is_lost_lease};
+use crate::publish::{Outgoing, SendRequest, run_sends};
 use crate::topology::QueueInfo;
 
 /// How long an ack waits for others to share its `DeleteMessageBatch` call.
@@ -24,6 +27,7 @@ pub(crate) struct QueueCtx {
     /// Whether the last receive call got an answer (readiness).
     pub(crate) reachable: std::sync::atomic::AtomicBool,
     deletes: mpsc::UnboundedSender<DeleteRequest>,
+    sends: mpsc::UnboundedSender<SendRequest>,
 }
 
 struct DeleteRequest {
@@ -41,13 +45,32 @@ impl QueueCtx {
             name.clone(),
             requests,
         ));
+        let (sends, requests) = mpsc::unbounded_channel();
+        tokio::spawn(run_sends(
+            client.clone(),
+            info.url.clone(),
+            name.clone(),
+            requests,
+        ));
         Self {
             name,
             client,
             info,
             reachable: std::sync::atomic::AtomicBool::new(true),
             deletes,
+            sends,
         }
+    }
+
+    /// Sends `message`, in a `SendMessageBatch` with the publishes on their way beside it;
+    /// returns once SQS has it.
+    pub(crate) async fn publish(&self, message: &Message) -> Result<(), BrokerError> {
+        let outgoing = Outgoing::new(message, self.info.fifo)?;
+        let (done, result) = oneshot::channel();
+        self.sends
+            .send(SendRequest { outgoing, done })
+            .map_err(|_| BrokerError::Closed)?;
+        result.await.map_err(|_| BrokerError::Closed)?
     }
 
     /// Deletes a message, batched with other acks of the next few milliseconds; returns once

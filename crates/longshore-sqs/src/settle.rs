@@ -130,14 +130,15 @@ impl SqsAcknowledger {
         };
         let mut dead = message.clone();
         dead.delay = None;
-        dead.headers.insert(headers::DEAD_REASON.into(), reason);
-        dead.headers
+        dead.headers_mut()
+            .insert(headers::DEAD_REASON.into(), reason);
+        dead.headers_mut()
             .insert(headers::DEAD_ATTEMPT.into(), attempt.get().to_string());
-        dead.headers.insert(
+        dead.headers_mut().insert(
             headers::DEAD_AT.into(),
             unix_millis(SystemTime::now()).to_string(),
         );
-        dead.headers
+        dead.headers_mut()
             .insert(headers::DEAD_QUEUE.into(), self.ctx.name.to_string());
         dead.group = self.group.clone();
         dead.deduplication_id = Some(format!("{}-dead-{attempt}", message.id));

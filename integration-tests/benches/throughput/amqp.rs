@@ -357,13 +357,22 @@ pub(super) async fn longshore_noop(jobs: u64) -> Duration {
     took
 }
 
+/// Rounds of each configuration (`BENCH_ROUNDS`, 3 unless set).
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3)
+}
+
 pub(super) async fn run(jobs: u64) {
     let broker = broker().await;
     let (connection, publisher) = raw_publisher().await;
     let queue = QueueName::new("longshore-bench");
 
-    // Each configuration runs the raw loops and longshore back to back, three times,
-    // keeping the best of each, so all see the same broker state.
+    // Each configuration runs the raw loops and longshore back to back, three times
+    // (`BENCH_ROUNDS`), keeping the best of each, so all see the same broker state; and
+    // prints each round's ratio.
     let cases: [(&str, u16, usize, Duration, u64); 3] = [
         ("no-op, prefetch 100", 100, 100, Duration::ZERO, jobs),
         ("no-op, prefetch 1000", 1000, 1000, Duration::ZERO, jobs),
@@ -377,27 +386,34 @@ pub(super) async fn run(jobs: u64) {
     ];
     for (label, prefetch, concurrency, work, jobs) in cases {
         let mut best = [Duration::MAX; 4];
-        for _ in 0..3 {
+        // Each round's longshore time against that round's coalescing raw loop: drift of a
+        // shared machine between rounds cancels out of these.
+        let mut round_ratios = Vec::new();
+        for _ in 0..rounds() {
+            let mut round = [Duration::MAX; 4];
             fresh_queue(&broker, &queue, &publisher, jobs).await;
-            best[3] = best[3].min(raw_coalesced(&connection, &queue, jobs, prefetch, work).await);
+            round[3] = raw_coalesced(&connection, &queue, jobs, prefetch, work).await;
             if work.is_zero() {
                 fresh_queue(&broker, &queue, &publisher, jobs).await;
-                best[0] = best[0].min(raw(&connection, &queue, jobs, prefetch, false, work).await);
+                round[0] = raw(&connection, &queue, jobs, prefetch, false, work).await;
             }
             fresh_queue(&broker, &queue, &publisher, jobs).await;
-            best[1] = best[1].min(raw(&connection, &queue, jobs, prefetch, true, work).await);
+            round[1] = raw(&connection, &queue, jobs, prefetch, true, work).await;
             fresh_queue(&broker, &queue, &publisher, jobs).await;
-            best[2] = best[2].min(
-                with_longshore(
-                    &broker,
-                    &queue,
-                    jobs,
-                    prefetch,
-                    concurrency,
-                    !work.is_zero(),
-                )
-                .await,
-            );
+            round[2] = with_longshore(
+                &broker,
+                &queue,
+                jobs,
+                prefetch,
+                concurrency,
+                !work.is_zero(),
+            )
+            .await;
+            let raw_round = round[0].min(round[1]).min(round[3]);
+            round_ratios.push(raw_round.as_secs_f64() / round[2].as_secs_f64());
+            for (best, this) in best.iter_mut().zip(round) {
+                *best = (*best).min(this);
+            }
         }
         let mut figures = Vec::new();
         if work.is_zero() {
@@ -428,6 +444,16 @@ pub(super) async fn run(jobs: u64) {
             .min_by_key(|figure| figure.elapsed)
             .expect("raw loops ran");
         print(&figures, raw_best);
+        round_ratios.sort_by(f64::total_cmp);
+        println!(
+            "longshore against the best raw loop, round by round: {} (median {:.0}%)",
+            round_ratios
+                .iter()
+                .map(|ratio| format!("{:.0}%", ratio * 100.0))
+                .collect::<Vec<_>>()
+                .join(", "),
+            round_ratios[round_ratios.len() / 2] * 100.0
+        );
     }
     broker.delete(&queue).await.expect("delete");
     enqueue_figures(&broker, &publisher, jobs.min(50_000)).await;

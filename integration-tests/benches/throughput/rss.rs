@@ -1,6 +1,8 @@
-//! Memory of a release-built worker process (`chaos_worker`, built with the benchmark): its
-//! resident set idle after start-up, then while it drains 100,000 jobs (sampled as it goes),
-//! and after. RabbitMQ; no-op jobs, concurrency 16, prefetch 100.
+//! Memory of release-built worker processes (built with the benchmark): `lean_worker`, a
+//! RabbitMQ worker as a team writes one (the RabbitMQ adapter only), and `chaos_worker`,
+//! which links every broker through `longshore::connect`. Each one's resident set idle
+//! after start-up, then while it drains 100,000 jobs (sampled as it goes), and after.
+//! RabbitMQ; no-op jobs, concurrency 16, prefetch 100.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -25,6 +27,24 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 pub(super) async fn run(jobs: u64) {
+    let lean = measure(jobs, "lean_worker", env!("CARGO_BIN_EXE_lean_worker")).await;
+    let full = measure(jobs, "chaos_worker", env!("CARGO_BIN_EXE_chaos_worker")).await;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "\nresident memory of release-built workers (concurrency 16, prefetch 100, RabbitMQ), MiB"
+    );
+    println!(
+        "{:<40} {:>28} {:>28}",
+        "when", "lean_worker (RabbitMQ only)", "chaos_worker (every broker)"
+    );
+    for (row, (when, lean)) in lean.iter().enumerate() {
+        let full = full.get(row).map_or(0, |(_, kib)| *kib);
+        println!("{:<40} {:>28.1} {:>28.1}", when, mib(*lean), mib(full));
+    }
+}
+
+/// Runs `binary` as a worker and returns its resident set (KiB) at each moment.
+async fn measure(jobs: u64, name: &str, binary: &str) -> Vec<(String, u64)> {
     let broker = amqp::broker().await;
     let queue = QueueName::new("longshore-bench-rss");
     broker.delete(&queue).await.expect("delete");
@@ -32,19 +52,18 @@ pub(super) async fn run(jobs: u64) {
         .declare(&queue, &QueueOptions::default())
         .await
         .expect("declare");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chaos_worker"))
-        .args([
-            amqp::url(),
-            queue.to_string(),
-            "16".into(),
-            "100".into(),
-            "0".into(),
-        ])
+    let mut args = vec![amqp::url(), queue.to_string(), "16".into(), "100".into()];
+    if name == "chaos_worker" {
+        // Its job length, in ms.
+        args.push("0".into());
+    }
+    let mut child = Command::new(binary)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start chaos_worker");
+        .unwrap_or_else(|error| panic!("start {name}: {error}"));
     let pid = child.id();
     let stdout = child.stdout.take().expect("piped");
     let done = Arc::new(AtomicU64::new(0));
@@ -95,18 +114,12 @@ pub(super) async fn run(jobs: u64) {
     let _ = Command::new("kill").arg(pid.to_string()).status();
     let _ = child.wait();
     broker.delete(&queue).await.expect("delete");
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    println!(
-        "\nresident memory of a release-built worker (chaos_worker: concurrency 16, prefetch 100, RabbitMQ)"
+    let mut rows = vec![("idle, 2 s after start".to_owned(), idle)];
+    rows.extend(
+        samples
+            .into_iter()
+            .map(|(at, kib)| (format!("after {at} of {jobs} jobs"), kib)),
     );
-    println!("{:<40} {:>10}", "when", "RSS MiB");
-    println!("{:<40} {:>10.1}", "idle, 2 s after start", mib(idle));
-    for (at, kib) in &samples {
-        println!(
-            "{:<40} {:>10.1}",
-            format!("after {at} of {jobs} jobs"),
-            mib(*kib)
-        );
-    }
-    println!("{:<40} {:>10.1}", "drained, 1 s later", mib(after));
+    rows.push(("drained, 1 s later".to_owned(), after));
+    rows
 }

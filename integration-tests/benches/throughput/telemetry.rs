@@ -34,8 +34,9 @@ pub(super) fn telemetry_child(mode: &str) -> Vec<(u64, Duration)> {
 }
 
 /// One side of the telemetry comparison, in a process of its own (the set-up is
-/// process-wide): `off` sets up logs only (`longshore::otel::init` without an endpoint, as a
-/// worker runs with no collector), `on` exports spans and metrics over OTLP to a receiver.
+/// process-wide): `none` installs no subscriber at all, `off` sets up logs only
+/// (`longshore::otel::init` without an endpoint, as a worker runs with no collector), `on`
+/// exports spans and metrics over OTLP to a receiver.
 pub(super) fn telemetry_run(runtime: &tokio::runtime::Runtime, mode: &str, amqp_jobs: u64) {
     let receiver = integration_tests::otlp::OtlpReceiver::start_discarding();
     let mut config = longshore::otel::Config::from_env();
@@ -46,8 +47,9 @@ pub(super) fn telemetry_run(runtime: &tokio::runtime::Runtime, mode: &str, amqp_
             .endpoint(receiver.endpoint())
             .service_name("longshore-bench");
     }
-    let guard = longshore::otel::init_with(&config).expect("telemetry sets up");
-    if mode == "on" {
+    let guard =
+        (mode != "none").then(|| longshore::otel::init_with(&config).expect("telemetry sets up"));
+    if let Some(guard) = guard.as_ref().filter(|_| mode == "on") {
         let _ = HOOKS.set(guard.hooks());
     }
     let figures = runtime.block_on(async {
@@ -64,7 +66,9 @@ pub(super) fn telemetry_run(runtime: &tokio::runtime::Runtime, mode: &str, amqp_
             (amqp_jobs / 2, io),
         ]
     });
-    guard.flush();
+    if let Some(guard) = &guard {
+        guard.flush();
+    }
     for (jobs, elapsed) in figures {
         println!("figure {jobs} {}", elapsed.as_nanos());
     }
@@ -79,8 +83,10 @@ pub(super) fn telemetry_run(runtime: &tokio::runtime::Runtime, mode: &str, amqp_
 
 const TELEMETRY_MEMORY_JOBS: u64 = 100_000;
 
-/// Longshore with telemetry off and on, each in a child process; prints the ratio.
+/// Longshore with no subscriber, with logs only and with OTLP export, each in a child
+/// process; prints the ratios against no subscriber.
 pub(super) fn telemetry() {
+    let none = telemetry_child("none");
     let off = telemetry_child("off");
     let on = telemetry_child("on");
     let labels = [
@@ -88,8 +94,13 @@ pub(super) fn telemetry() {
         "rabbitmq no-op, prefetch 100, concurrency 100",
         "rabbitmq 5 ms I/O job, prefetch 100, concurrency 100",
     ];
-    for (label, (off, on)) in labels.into_iter().zip(off.into_iter().zip(on)) {
+    for (label, ((none, off), on)) in labels.into_iter().zip(none.into_iter().zip(off).zip(on)) {
         let figures = [
+            Figure {
+                label: format!("{label}: no subscriber"),
+                jobs: none.0,
+                elapsed: none.1,
+            },
             Figure {
                 label: format!("{label}: telemetry off (logs only)"),
                 jobs: off.0,

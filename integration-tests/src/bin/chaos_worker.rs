@@ -8,18 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use integration_tests::chaos::chaos;
+use integration_tests::chaos::{chaos, init_worker_logs};
 use longshore::{Broker, QueueName, Topology, Worker};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(longshore::log_filter(
-            &std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )))
-        .init();
+    init_worker_logs();
     let args: Vec<String> = std::env::args().collect();
     let [_, url, queue, concurrency, prefetch, job_ms] = args.as_slice() else {
         return Err("usage: chaos_worker <url> <queue> <concurrency> <prefetch> <job ms>".into());

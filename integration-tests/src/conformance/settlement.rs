@@ -104,7 +104,7 @@ pub async fn release_returns_the_message_at_once(h: &Harness) {
 pub async fn dead_letter_carries_the_reason(h: &Harness) {
     let queue = declared_queue(h, "settle-dead").await;
     let mut message = Message::new("probe", br#"{"k":1}"#.to_vec());
-    message.headers.insert("tenant".into(), "acme".into());
+    message.headers_mut().insert("tenant".into(), "acme".into());
     let id = message.id.clone();
     h.broker.publish(&queue, message).await.expect("publish");
     let mut stream = consumer(h, &queue).await;

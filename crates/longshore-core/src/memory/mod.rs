@@ -360,14 +360,15 @@ impl Acknowledger for MemoryAcknowledger {
             }
             Settlement::DeadLetter { reason } => {
                 let mut dead = stored.message;
-                dead.headers.insert(headers::DEAD_REASON.into(), reason);
-                dead.headers
+                dead.headers_mut()
+                    .insert(headers::DEAD_REASON.into(), reason);
+                dead.headers_mut()
                     .insert(headers::DEAD_ATTEMPT.into(), attempt.get().to_string());
-                dead.headers.insert(
+                dead.headers_mut().insert(
                     headers::DEAD_AT.into(),
                     unix_millis(SystemTime::now()).to_string(),
                 );
-                dead.headers
+                dead.headers_mut()
                     .insert(headers::DEAD_QUEUE.into(), self.queue.to_string());
                 let dlq = queue_mut(&mut queues, &self.queue.dead_letter_queue())?;
                 dlq.push(

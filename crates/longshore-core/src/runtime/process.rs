@@ -57,7 +57,7 @@ pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
         delivery.queue().clone(),
         delivery.attempt(),
         message.enqueued_at,
-        Arc::new(message.headers.clone()),
+        Arc::clone(&message.headers),
         Arc::clone(&shared.deadline),
     );
     if let Some(statuses) = &shared.statuses

@@ -275,6 +275,8 @@ fn tick_message(schedule: &Schedule, tick: SystemTime) -> Result<Message, serde_
     let mut message = Message::new(schedule.job.clone(), (schedule.make)()?);
     message.id = MessageId::from(trigger.clone());
     message.deduplication_id = Some(trigger.clone());
-    message.headers.insert(headers::TRIGGER.to_owned(), trigger);
+    message
+        .headers_mut()
+        .insert(headers::TRIGGER.to_owned(), trigger);
     Ok(message)
 }

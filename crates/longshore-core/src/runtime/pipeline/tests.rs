@@ -351,7 +351,7 @@ async fn each_worker_and_producer_uses_its_own_telemetry() {
     let producer = Producer::new(broker.clone(), queue.clone()).with_telemetry(one.clone());
     producer.enqueue(&Bill { fail_first: false }).await.unwrap();
     let mut junk = crate::spi::Message::new("no-such-job", b"{}".to_vec());
-    junk.headers.insert("x".into(), "y".into());
+    junk.headers_mut().insert("x".into(), "y".into());
     crate::Broker::publish(&broker, &queue, junk).await.unwrap();
     assert_eq!(
         broker.messages(&queue).unwrap()[0]
