@@ -128,13 +128,10 @@ impl Book {
             top += 1;
         }
         if top > self.floor {
-            let run: Vec<u64> = self
-                .tags
-                .range(self.floor + 1..=top)
-                .map(|(t, _)| *t)
-                .collect();
-            for tag in run {
-                if let Some(Tag::Finished { sent, .. }) = self.tags.remove(&tag) {
+            // Every tag in the book is above the floor: the run is all of them up to `top`.
+            let above = self.tags.split_off(&(top + 1));
+            for (_, tag) in std::mem::replace(&mut self.tags, above) {
+                if let Tag::Finished { sent, .. } = tag {
                     waiting.push(sent);
                 }
             }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::tcp::OwnedTLSConfig;
+use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, Event};
 use longshore_core::{BrokerError, BrokerUrl};
 use tokio::sync::watch;
@@ -58,8 +59,17 @@ async fn connect_once(
         cert_chain: ca.map(str::to_owned),
     };
     let runtime = lapin::runtime::default_runtime()?;
-    let uri = with_default_frame_max(url.expose());
-    Connection::connect_with_config(&uri, properties, tls, runtime).await
+    let uri = parse_uri(url.expose())?;
+    Connection::connect_uri_with_config(uri, properties, tls, runtime).await
+}
+
+/// `url` parsed as lapin parses it, asking for [`FRAME_MAX`] unless it sets `frame_max`.
+fn parse_uri(url: &str) -> Result<AMQPUri, lapin::Error> {
+    let mut uri: AMQPUri = url
+        .parse()
+        .map_err(|error: String| lapin::Error::from(std::io::Error::other(error)))?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    Ok(uri)
 }
 
 /// The largest AMQP frame longshore asks for unless the URL says (`?frame_max=`): 32 KiB.
@@ -67,28 +77,6 @@ async fn connect_once(
 /// 128 KiB would hold 8 MiB per worker; job messages are small, and a larger body simply
 /// travels in more frames.
 pub(crate) const FRAME_MAX: u32 = 32 * 1024;
-
-/// `uri` with `frame_max` set to [`FRAME_MAX`] when it sets none.
-fn with_default_frame_max(uri: &str) -> String {
-    let (base, fragment) = uri
-        .split_once('#')
-        .map_or((uri, None), |(b, f)| (b, Some(f)));
-    let query = base.split_once('?').map(|(_, query)| query);
-    if query.is_some_and(|query| query.split('&').any(|pair| pair.starts_with("frame_max="))) {
-        return uri.to_owned();
-    }
-    let separator = match query {
-        None => "?",
-        Some("") => "",
-        Some(_) => "&",
-    };
-    let mut with = format!("{base}{separator}frame_max={FRAME_MAX}");
-    if let Some(fragment) = fragment {
-        with.push('#');
-        with.push_str(fragment);
-    }
-    with
-}
 
 /// What to add to a connect error whose cause is the server's certificate.
 fn certificate_hint(cause: &str) -> &'static str {
@@ -448,25 +436,23 @@ mod tests {
 
     #[test]
     fn frame_max_is_asked_for_unless_the_url_sets_it() {
+        let frame_max = |url: &str| parse_uri(url).unwrap().query.frame_max;
+        assert_eq!(frame_max("amqp://h/%2f"), Some(32768));
+        assert_eq!(frame_max("amqp://h/%2f?heartbeat=10"), Some(32768));
+        assert_eq!(frame_max("amqp://h/v?"), Some(32768));
         assert_eq!(
-            with_default_frame_max("amqp://h/%2f"),
-            "amqp://h/%2f?frame_max=32768"
+            frame_max("amqp://h/v?frame_max=131072&heartbeat=5"),
+            Some(131072)
         );
         assert_eq!(
-            with_default_frame_max("amqp://h/%2f?heartbeat=10"),
-            "amqp://h/%2f?heartbeat=10&frame_max=32768"
+            frame_max("amqp://h/v?heartbeat=5&frame_max=4096"),
+            Some(4096)
         );
+        let uri = parse_uri("amqp://h/v?heartbeat=5").unwrap();
         assert_eq!(
-            with_default_frame_max("amqp://h/v?"),
-            "amqp://h/v?frame_max=32768"
-        );
-        assert_eq!(
-            with_default_frame_max("amqp://h/v?frame_max=131072&heartbeat=5"),
-            "amqp://h/v?frame_max=131072&heartbeat=5"
-        );
-        assert_eq!(
-            with_default_frame_max("amqp://h/v?heartbeat=5&frame_max=4096"),
-            "amqp://h/v?heartbeat=5&frame_max=4096"
+            uri.query.heartbeat,
+            Some(5),
+            "the URL's other settings stay"
         );
     }
 }
