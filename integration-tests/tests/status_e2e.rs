@@ -147,7 +147,15 @@ async fn a_killed_worker_shows_the_job_running_again(
     ];
     let process = WorkerProcess::start_with_env(env!("CARGO_BIN_EXE_status_worker"), &args, &env);
     process.expect_line("job hanging", Duration::from_secs(30));
-    let running = statuses.get(&id).await.expect("get").expect("known");
+    // `running` is written within the writer's linger (50 ms), not at once.
+    let running = eventually(Duration::from_secs(5), "the running status", || async {
+        let status = statuses.get(&id).await.expect("get").expect("known");
+        match status.state {
+            JobState::Running => Ok(status),
+            state => Err(format!("{state:?}")),
+        }
+    })
+    .await;
     assert_eq!((running.state, running.attempt), (JobState::Running, 1));
     process.signal("KILL");
     let _ = process.wait(Duration::from_secs(10));
