@@ -51,7 +51,8 @@ struct Series {
     in_flight: AtomicI64,
 }
 
-type SeriesMap = Arc<RwLock<HashMap<(QueueName, JobName), Arc<Series>>>>;
+/// By queue, then job: looked up by reference, so a job's hooks copy no names.
+type SeriesMap = Arc<RwLock<HashMap<QueueName, HashMap<JobName, Arc<Series>>>>>;
 
 /// The last depth read of one queue.
 struct DepthSample {
@@ -75,6 +76,7 @@ impl OtelHooks {
                         .read()
                         .unwrap_or_else(PoisonError::into_inner)
                         .values()
+                        .flat_map(HashMap::values)
                     {
                         observer.observe(read(one), &one.labels);
                     }
@@ -114,6 +116,7 @@ impl OtelHooks {
                     .read()
                     .unwrap_or_else(PoisonError::into_inner)
                     .values()
+                    .flat_map(HashMap::values)
                 {
                     observer.observe(one.in_flight.load(Ordering::Relaxed), &one.labels);
                 }
@@ -163,12 +166,12 @@ impl OtelHooks {
     }
 
     fn series(&self, event: &JobEvent<'_>) -> Arc<Series> {
-        let key = (event.queue.clone(), event.job.clone());
         if let Some(series) = self
             .series
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
+            .get(event.queue)
+            .and_then(|jobs| jobs.get(event.job))
         {
             return Arc::clone(series);
         }
@@ -191,7 +194,9 @@ impl OtelHooks {
         self.series
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(key)
+            .entry(event.queue.clone())
+            .or_default()
+            .entry(event.job.clone())
             .or_insert(series)
             .clone()
     }

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use longshore_core::status::{
-    Change, Created, JobStatus, Notice, StatusError, StatusStore, coalesce,
+    Change, Created, JobStatus, Notice, StatusError, StatusStore, coalesced,
 };
 use longshore_core::{MessageId, QueueName};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
@@ -252,7 +252,7 @@ impl StatusStore for PostgresStatusStore {
     }
 
     async fn apply(&self, changes: &[Change]) -> Result<(), StatusError> {
-        let changes = coalesce(changes.iter().cloned());
+        let changes = coalesced(changes);
         // Distinct jobs now, so the chunks can go in parallel, each on its own connection.
         let chunks = chunks(&changes).map_err(|e| StatusError::Store(Box::new(e)))?;
         futures_util::future::try_join_all(chunks.into_iter().map(|chunk| async move {

@@ -6,15 +6,16 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `<prefix>job:<id>` | hash | the status: one field per JSON field, each value JSON text |
-//! | `<prefix>events:<id>` | list | every version of the status as JSON, oldest first (index = seq − 1) |
+//! | `<prefix>events:<id>` | list | the first status as JSON, then each change's JSON patch, oldest first (index = seq − 1); [`events`](StatusStore::events) folds them into statuses |
 //! | `<prefix>unique:<key>` | string | the id of the unfinished job holding a unique key |
 //! | `<prefix>cancels:<queue>` | set | unfinished jobs of a queue whose cancellation was asked for |
 //! | `<prefix>notices` | channel | a line `<id> <seq> <c\|->` for every change, one message per batch |
 //! | `<prefix>cancel-notices` | channel | the same lines for cancellation requests (what workers watch) |
 //!
 //! Every key of a job expires with it (`PEXPIREAT`): Redis removes statuses itself. Changes
-//! are applied by one Lua script per batch; values are kept as the JSON text Rust wrote, so
-//! no number in a result is rounded. Redis Cluster is not supported (the scripts touch keys
+//! are applied by one Lua script per batch, which does no JSON work: Rust sends each field's
+//! JSON text and each change's patch as text, so no number in a result is rounded and Redis
+//! spends a few commands per change. Redis Cluster is not supported (the scripts touch keys
 //! they derive).
 
 use std::sync::LazyLock;
@@ -24,7 +25,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use longshore_core::status::{
-    Change, Created, JobStatus, Notice, StatusError, StatusStore, coalesce,
+    Change, Created, JobStatus, Notice, StatusError, StatusStore, coalesced,
 };
 use longshore_core::{MessageId, QueueName};
 use redis::aio::ConnectionManager;
@@ -48,15 +49,11 @@ end
 if redis.call('EXISTS', job) == 1 then
   return ''
 end
-local parts = {}
-for i = 6, #ARGV, 2 do
-  redis.call('HSET', job, ARGV[i], ARGV[i + 1])
-  parts[#parts + 1] = cjson.encode(ARGV[i]) .. ':' .. ARGV[i + 1]
-end
+redis.call('HSET', job, unpack(ARGV, 7, #ARGV))
 redis.call('PEXPIREAT', job, expire_at)
 local events = p .. 'events:' .. id
 redis.call('DEL', events)
-redis.call('RPUSH', events, '{' .. table.concat(parts, ',') .. '}')
+redis.call('RPUSH', events, ARGV[6])
 redis.call('PEXPIREAT', events, expire_at)
 redis.call('PUBLISH', channel, id .. ' 1 -')
 return ''
@@ -67,21 +64,16 @@ local p, channel, cancel_channel = ARGV[1], ARGV[2], ARGV[3]
 local lines, cancel_lines = {}, {}
 local i = 4
 while i <= #ARGV do
-  local id, expire_at, fields = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local id, expire_at, patch, fields = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
   local job = p .. 'job:' .. id
   if redis.call('EXISTS', job) == 1 then
     if fields > 0 then
-      redis.call('HSET', job, unpack(ARGV, i + 3, i + 2 + 2 * fields))
+      redis.call('HSET', job, unpack(ARGV, i + 4, i + 3 + 2 * fields))
     end
     local seq = redis.call('HINCRBY', job, 'seq', 1)
     redis.call('PEXPIREAT', job, expire_at)
-    local all = redis.call('HGETALL', job)
-    local parts = {}
-    for a = 1, #all, 2 do
-      parts[#parts + 1] = '"' .. all[a] .. '":' .. all[a + 1]
-    end
     local events = p .. 'events:' .. id
-    redis.call('RPUSH', events, '{' .. table.concat(parts, ',') .. '}')
+    redis.call('RPUSH', events, patch)
     redis.call('PEXPIREAT', events, expire_at)
     local now = redis.call('HMGET', job, 'state', 'cancel_requested', 'queue', 'unique_key')
     local state, asked, queue, key = now[1], now[2] == 'true', now[3], now[4]
@@ -114,7 +106,7 @@ while i <= #ARGV do
       lines[#lines + 1] = id .. ' ' .. seq .. ' -'
     end
   end
-  i = i + 3 + 2 * fields
+  i = i + 4 + 2 * fields
 end
 if #lines > 0 then
   redis.call('PUBLISH', channel, table.concat(lines, '\n'))
@@ -254,7 +246,8 @@ impl StatusStore for RedisStatusStore {
             .arg(status.id.as_str())
             .arg(millis(status.expires_at))
             .arg(status.unique_key.as_deref().unwrap_or(""))
-            .arg(self.channel());
+            .arg(self.channel())
+            .arg(Value::Object(object.clone()).to_string());
         for (name, text) in fields(&object) {
             invocation.arg(name).arg(text);
         }
@@ -292,17 +285,20 @@ impl StatusStore for RedisStatusStore {
         if changes.is_empty() {
             return Ok(());
         }
-        let changes = coalesce(changes.iter().cloned());
+        let changes = coalesced(changes);
         let mut invocation = APPLY_SCRIPT.prepare_invoke();
         invocation
             .arg(&self.prefix)
             .arg(self.channel())
             .arg(self.cancel_channel());
-        for change in &changes {
+        for change in changes.iter() {
             let fields = fields(&change.patch);
+            let patch = serde_json::to_string(&change.patch)
+                .map_err(|error| StatusError::Store(Box::new(error)))?;
             invocation
                 .arg(change.id.as_str())
                 .arg(millis(change.expires_at))
+                .arg(patch)
                 .arg(fields.len());
             for (name, text) in fields {
                 invocation.arg(name).arg(text);
@@ -316,19 +312,14 @@ impl StatusStore for RedisStatusStore {
     }
 
     async fn events(&self, id: &MessageId, after: u64) -> Result<Vec<JobStatus>, StatusError> {
-        let start = isize::try_from(after).unwrap_or(isize::MAX);
+        // The first status, then patches: every status is the fold of those before it.
         let texts: Vec<String> = self
             .connection
             .clone()
-            .lrange(format!("{}events:{id}", self.prefix), start, -1)
+            .lrange(format!("{}events:{id}", self.prefix), 0, -1)
             .await
             .map_err(store_error)?;
-        texts
-            .iter()
-            .map(|text| {
-                serde_json::from_str(text).map_err(|error| StatusError::Store(Box::new(error)))
-            })
-            .collect()
+        fold_events(&texts, after)
     }
 
     async fn cancel_requested(&self, queue: &QueueName) -> Result<Vec<MessageId>, StatusError> {
@@ -355,6 +346,29 @@ impl StatusStore for RedisStatusStore {
     }
 }
 
+/// The statuses after sequence number `after` from a job's events list: its first status
+/// (sequence number 1), then one patch per change (the entry at index `i` has sequence
+/// number `i + 1`).
+fn fold_events(texts: &[String], after: u64) -> Result<Vec<JobStatus>, StatusError> {
+    let bad = |error: serde_json::Error| StatusError::Store(Box::new(error));
+    let Some((first, patches)) = texts.split_first() else {
+        return Ok(Vec::new());
+    };
+    let mut status: JobStatus = serde_json::from_str(first).map_err(bad)?;
+    let mut statuses = Vec::new();
+    if after < 1 {
+        statuses.push(status.clone());
+    }
+    for (seq, text) in (2..).zip(patches) {
+        let patch: Map<String, Value> = serde_json::from_str(text).map_err(bad)?;
+        status = status.merged(&patch, seq).map_err(bad)?;
+        if seq > after {
+            statuses.push(status.clone());
+        }
+    }
+    Ok(statuses)
+}
+
 /// `<id> <seq> <c|->`.
 fn parse_notice(payload: &str) -> Option<Notice> {
     let mut parts = payload.rsplitn(3, ' ');
@@ -366,4 +380,49 @@ fn parse_notice(payload: &str) -> Option<Notice> {
         seq,
         cancel_requested: flag == "c",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use longshore_core::status::patch;
+    use longshore_core::{JobName, QueueName};
+
+    use super::*;
+
+    #[test]
+    fn events_fold_patches_onto_the_first_status() {
+        let first = JobStatus::queued(
+            MessageId::new("m1"),
+            JobName::new("resize"),
+            QueueName::new("images"),
+            None,
+            None,
+            SystemTime::now() + Duration::from_secs(60),
+        );
+        let texts = vec![
+            serde_json::to_string(&first).unwrap(),
+            serde_json::to_string(&patch::running(1, "w:1")).unwrap(),
+            serde_json::to_string(&patch::succeeded(None)).unwrap(),
+        ];
+        let all = fold_events(&texts, 0).unwrap();
+        let states: Vec<_> = all.iter().map(|s| (s.seq, s.state)).collect();
+        assert_eq!(
+            states,
+            [
+                (1, longshore_core::status::JobState::Queued),
+                (2, longshore_core::status::JobState::Running),
+                (3, longshore_core::status::JobState::Succeeded),
+            ]
+        );
+        assert_eq!(
+            all[2].worker.as_deref(),
+            Some("w:1"),
+            "running's fields stay"
+        );
+        assert_eq!(fold_events(&texts, 2).unwrap(), all[2..]);
+        assert!(fold_events(&texts, 3).unwrap().is_empty());
+        assert!(fold_events(&[], 0).unwrap().is_empty());
+    }
 }

@@ -1,6 +1,7 @@
-//! `-- status`: RabbitMQ no-op jobs whose status is tracked (in memory, Redis and
-//! PostgreSQL) against the same jobs untracked, in the same run, in interleaved rounds: the
-//! cost of job status. The producer writes each status before publishing (not timed: the
+//! `-- status`: RabbitMQ jobs whose status is tracked (in memory, Redis and PostgreSQL)
+//! against the same jobs untracked, in the same run, in interleaved rounds: the cost of job
+//! status, for no-op jobs (the worst case: status is all the work there is) and for jobs
+//! that wait 5 ms on I/O. The producer writes each status before publishing (not timed: the
 //! queue is filled first); the worker writes `running` and `succeeded` per job.
 
 use std::sync::Arc;
@@ -9,7 +10,30 @@ use std::time::{Duration, Instant};
 use longshore::status::{JobStatuses, MemoryStatusStore};
 use longshore::{Broker, Producer, QueueName, QueueOptions, Worker};
 
+use longshore::JobError;
+
 use super::{Figure, Noop, amqp, noop, print};
+
+async fn io_job(_: Noop) -> Result<(), JobError> {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    Ok(())
+}
+
+/// What the jobs of a run do.
+#[derive(Clone, Copy, PartialEq)]
+enum Work {
+    Noop,
+    Io,
+}
+
+impl Work {
+    fn label(self) -> &'static str {
+        match self {
+            Work::Noop => "no-op",
+            Work::Io => "5 ms I/O job",
+        }
+    }
+}
 
 const ROUNDS: usize = 3;
 const FILLERS: u64 = 32;
@@ -76,11 +100,15 @@ async fn drain(
     queue: &QueueName,
     jobs: u64,
     statuses: Option<&JobStatuses>,
+    work: Work,
 ) -> Duration {
-    let mut builder = Worker::builder(Arc::clone(broker), queue.clone())
-        .handler(noop)
-        .prefetch(100)
-        .concurrency(100);
+    let builder = Worker::builder(Arc::clone(broker), queue.clone());
+    let mut builder = match work {
+        Work::Noop => builder.handler(noop),
+        Work::Io => builder.handler(io_job),
+    }
+    .prefetch(100)
+    .concurrency(100);
     if let Some(statuses) = statuses {
         builder = builder.status(statuses.clone());
     }
@@ -134,11 +162,22 @@ fn cpu_seconds(names: &[&str]) -> Vec<f64> {
 /// PostgreSQL and Redis.
 const PROCESSES: [&str; 4] = ["throughput", "beam.smp", "postgres", "redis-server"];
 
-/// Prints each store's median drain rate and its ratio to untracked jobs, and (with
+/// For no-op jobs and for 5 ms I/O jobs (`BENCH_STATUS_WORK=noop` or `io` picks one),
+/// prints each store's median drain rate and its ratio to untracked jobs, and (with
 /// `BENCH_CPU=1`) where the CPU of each drain went, in µs per job. `BENCH_STORES` picks
 /// stores (`off,postgres`, say).
 pub(super) async fn run(jobs: u64) {
     let broker = amqp::broker().await;
+    let picked = std::env::var("BENCH_STATUS_WORK").unwrap_or_default();
+    for work in [Work::Noop, Work::Io] {
+        let name = if work == Work::Noop { "noop" } else { "io" };
+        if picked.is_empty() || picked.split(',').any(|p| p.trim() == name) {
+            run_work(&broker, jobs, work).await;
+        }
+    }
+}
+
+async fn run_work(broker: &Arc<dyn Broker>, jobs: u64, work: Work) {
     let queue = QueueName::new("longshore-bench-status");
     let picked = std::env::var("BENCH_STORES").unwrap_or_default();
     let names: Vec<&str> = ["off", "memory", "redis", "postgres"]
@@ -153,9 +192,9 @@ pub(super) async fn run(jobs: u64) {
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     for round in 0..ROUNDS {
         for (index, (name, statuses)) in stores.iter().enumerate() {
-            fill(&broker, &queue, jobs, statuses.as_ref()).await;
+            fill(broker, &queue, jobs, statuses.as_ref()).await;
             let before = cpu_seconds(&PROCESSES);
-            let elapsed = drain(&broker, &queue, jobs, statuses.as_ref()).await;
+            let elapsed = drain(broker, &queue, jobs, statuses.as_ref(), work).await;
             let after = cpu_seconds(&PROCESSES);
             if let Some(statuses) = statuses {
                 statuses.flush(Duration::from_secs(30)).await;
@@ -171,7 +210,8 @@ pub(super) async fn run(jobs: u64) {
                 String::new()
             };
             println!(
-                "round {round}: {name:<8} {:>8.0} jobs/s{cpu}",
+                "{} round {round}: {name:<8} {:>8.0} jobs/s{cpu}",
+                work.label(),
                 jobs as f64 / elapsed.as_secs_f64()
             );
             times[index].push(elapsed);
@@ -184,7 +224,8 @@ pub(super) async fn run(jobs: u64) {
             times.sort();
             Figure {
                 label: format!(
-                    "rabbitmq no-op, prefetch 100, concurrency 100: job status {}",
+                    "rabbitmq {}, prefetch 100, concurrency 100: job status {}",
+                    work.label(),
                     if *name == "off" {
                         "off (untracked)".to_owned()
                     } else {

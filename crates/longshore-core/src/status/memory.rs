@@ -153,7 +153,7 @@ impl StatusStore for MemoryStatusStore {
         {
             let mut state = self.lock();
             let now = SystemTime::now();
-            for change in &super::coalesce(changes.iter().cloned()) {
+            for change in super::coalesced(changes).iter() {
                 let Some(entry) = state.live(&change.id, now) else {
                     continue;
                 };

@@ -45,7 +45,7 @@ use crate::broker::BoxError;
 use crate::names::{MessageId, QueueName};
 
 pub use memory::MemoryStatusStore;
-pub use model::{Change, JobState, JobStatus, Progress, coalesce, patch};
+pub use model::{Change, JobState, JobStatus, Progress, coalesce, coalesced, patch};
 use writer::Writer;
 
 /// What went wrong with a status store.
