@@ -118,15 +118,21 @@ impl AmqpAcknowledger {
                     Err(error) => Err(broker_error(error, &self.receiver.queue)),
                 }
             }
+            // The publishing settlements are boxed: their futures are large, and unboxed
+            // they would make every ack's future as large (an allocation of several KiB per
+            // job, which glibc serves slowly when a batch of jobs settles at once).
             Settlement::Retry { delay } => {
-                self.receiver
-                    .publisher
-                    .publish_message(&self.receiver.queue, message, attempt.next(), delay)
-                    .await?;
+                Box::pin(self.receiver.publisher.publish_message(
+                    &self.receiver.queue,
+                    message,
+                    attempt.next(),
+                    delay,
+                ))
+                .await?;
                 self.ack(message).await
             }
             Settlement::DeadLetter { reason } => {
-                self.dead_letter(message, attempt, reason).await?;
+                Box::pin(self.dead_letter(message, attempt, reason)).await?;
                 self.ack(message).await
             }
         }
