@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use longshore::status::{JobStatuses, MemoryStatusStore};
-use longshore::{Broker, Producer, QueueName, QueueOptions, Worker};
-
-use longshore::JobError;
+use longshore::{Broker, JobError, Producer, QueueName, QueueOptions, Worker};
 
 use super::{Figure, Noop, amqp, noop, print};
 
