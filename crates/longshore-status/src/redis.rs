@@ -147,11 +147,26 @@ fn millis(time: SystemTime) -> u64 {
 }
 
 /// A status's fields as `(name, JSON text)` pairs.
-fn fields(value: &Map<String, Value>) -> Vec<(String, String)> {
+fn fields(value: &Map<String, Value>) -> Vec<(&str, String)> {
     value
         .iter()
-        .map(|(name, value)| (name.clone(), value.to_string()))
+        .map(|(name, value)| (name.as_str(), value.to_string()))
         .collect()
+}
+
+/// The JSON object of `fields` (what [`fields`] split), from the texts already written.
+fn object_text(fields: &[(&str, String)]) -> String {
+    let mut text = String::from("{");
+    for (index, (name, value)) in fields.iter().enumerate() {
+        if index > 0 {
+            text.push(',');
+        }
+        text.push_str(&Value::from(*name).to_string());
+        text.push(':');
+        text.push_str(value);
+    }
+    text.push('}');
+    text
 }
 
 impl RedisStatusStore {
@@ -246,9 +261,10 @@ impl StatusStore for RedisStatusStore {
             .arg(status.id.as_str())
             .arg(millis(status.expires_at))
             .arg(status.unique_key.as_deref().unwrap_or(""))
-            .arg(self.channel())
-            .arg(Value::Object(object.clone()).to_string());
-        for (name, text) in fields(&object) {
+            .arg(self.channel());
+        let fields = fields(&object);
+        invocation.arg(object_text(&fields));
+        for (name, text) in fields {
             invocation.arg(name).arg(text);
         }
         let holder: String = invocation
@@ -293,12 +309,10 @@ impl StatusStore for RedisStatusStore {
             .arg(self.cancel_channel());
         for change in changes.iter() {
             let fields = fields(&change.patch);
-            let patch = serde_json::to_string(&change.patch)
-                .map_err(|error| StatusError::Store(Box::new(error)))?;
             invocation
                 .arg(change.id.as_str())
                 .arg(millis(change.expires_at))
-                .arg(patch)
+                .arg(object_text(&fields))
                 .arg(fields.len());
             for (name, text) in fields {
                 invocation.arg(name).arg(text);
@@ -424,5 +438,14 @@ mod tests {
         assert_eq!(fold_events(&texts, 2).unwrap(), all[2..]);
         assert!(fold_events(&texts, 3).unwrap().is_empty());
         assert!(fold_events(&[], 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_patch_is_written_back_as_the_json_it_was() {
+        let patch = patch::retrying(2, "a \"quoted\" error", SystemTime::now());
+        let text = object_text(&fields(&patch));
+        let back: Map<String, Value> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, patch);
+        assert_eq!(object_text(&[]), "{}");
     }
 }
