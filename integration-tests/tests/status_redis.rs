@@ -9,3 +9,68 @@ fn redis() -> StatusHarness {
 }
 
 integration_tests::status_suite!(redis());
+
+/// Sends one command to Redis over RESP and returns its one-line reply.
+async fn redis_command(parts: &[&str]) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let url = integration_tests::harness::redis_url();
+    let address = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .unwrap_or_else(|error| panic!("Redis at {address}: {error}; scripts/test starts it"));
+    let mut request = format!("*{}\r\n", parts.len());
+    for part in parts {
+        request.push_str(&format!("${}\r\n{part}\r\n", part.len()));
+    }
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .await
+        .expect("read");
+    line.trim_end().to_owned()
+}
+
+/// A Redis that lost its scripts (restarted, or `SCRIPT FLUSH`) is sent them again: creates
+/// and changes still apply.
+#[tokio::test]
+async fn scripts_are_loaded_again_after_redis_forgets_them() {
+    use longshore::status::{Change, JobState, JobStatus, StatusStore, patch};
+    use longshore::{JobName, MessageId, QueueName};
+    use std::time::{Duration, SystemTime};
+
+    let store = redis_status_store().await;
+    let expires = SystemTime::now() + Duration::from_secs(60);
+    let queued = || {
+        JobStatus::queued(
+            MessageId::generate(),
+            JobName::new("job"),
+            QueueName::new("queue"),
+            None,
+            None,
+            expires,
+        )
+    };
+    let (first, second) = (queued(), queued());
+    store.create(&first).await.expect("create");
+    assert_eq!(redis_command(&["SCRIPT", "FLUSH"]).await, "+OK");
+    store
+        .create(&second)
+        .await
+        .expect("a create after SCRIPT FLUSH");
+    assert_eq!(redis_command(&["SCRIPT", "FLUSH"]).await, "+OK");
+    let change = Change::new(first.id.clone(), patch::running(1, "w:1"), expires);
+    store
+        .apply(&[change])
+        .await
+        .expect("a change after SCRIPT FLUSH");
+    let status = store.get(&first.id).await.expect("get").expect("a status");
+    assert_eq!((status.state, status.seq), (JobState::Running, 2));
+    let status = store.get(&second.id).await.expect("get").expect("a status");
+    assert_eq!((status.state, status.seq), (JobState::Queued, 1));
+}

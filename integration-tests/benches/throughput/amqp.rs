@@ -358,7 +358,7 @@ pub(super) async fn longshore_noop(jobs: u64) -> Duration {
 }
 
 /// Rounds of each configuration (`BENCH_ROUNDS`, 3 unless set).
-fn rounds() -> usize {
+pub(super) fn rounds() -> usize {
     std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|n| n.parse().ok())

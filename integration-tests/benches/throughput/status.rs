@@ -33,7 +33,6 @@ impl Work {
     }
 }
 
-const ROUNDS: usize = 3;
 const FILLERS: u64 = 32;
 
 async fn store(name: &str) -> Option<JobStatuses> {
@@ -123,6 +122,19 @@ async fn drain(
     elapsed
 }
 
+/// With `BENCH_PERF_CONTROL=<fifo>` (`perf record --control fifo:<fifo> -D -1`), profiles
+/// only the drains.
+fn perf_control(command: &str) {
+    if let Ok(path) = std::env::var("BENCH_PERF_CONTROL") {
+        use std::io::Write;
+        let mut fifo = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("the perf control fifo");
+        writeln!(fifo, "{command}").expect("write to the perf control fifo");
+    }
+}
+
 /// CPU seconds used so far by the processes whose names start with each of `names`
 /// (Linux `/proc`; zeros elsewhere).
 fn cpu_seconds(names: &[&str]) -> Vec<f64> {
@@ -163,7 +175,7 @@ const PROCESSES: [&str; 4] = ["throughput", "beam.smp", "postgres", "redis-serve
 /// For no-op jobs and for 5 ms I/O jobs (`BENCH_STATUS_WORK=noop` or `io` picks one),
 /// prints each store's median drain rate and its ratio to untracked jobs, and (with
 /// `BENCH_CPU=1`) where the CPU of each drain went, in µs per job. `BENCH_STORES` picks
-/// stores (`off,postgres`, say).
+/// stores (`off,postgres`, say); `BENCH_ROUNDS` the rounds (3 unless set).
 pub(super) async fn run(jobs: u64) {
     let broker = amqp::broker().await;
     let picked = std::env::var("BENCH_STATUS_WORK").unwrap_or_default();
@@ -188,11 +200,13 @@ async fn run_work(broker: &Arc<dyn Broker>, jobs: u64, work: Work) {
         stores.push((name, store(name).await));
     }
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
-    for round in 0..ROUNDS {
+    for round in 0..amqp::rounds() {
         for (index, (name, statuses)) in stores.iter().enumerate() {
             fill(broker, &queue, jobs, statuses.as_ref()).await;
             let before = cpu_seconds(&PROCESSES);
+            perf_control("enable");
             let elapsed = drain(broker, &queue, jobs, statuses.as_ref(), work).await;
+            perf_control("disable");
             let after = cpu_seconds(&PROCESSES);
             if let Some(statuses) = statuses {
                 statuses.flush(Duration::from_secs(30)).await;
