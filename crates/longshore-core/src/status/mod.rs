@@ -33,7 +33,7 @@
 mod memory;
 mod model;
 pub(crate) mod tracking;
-mod writer;
+pub(crate) mod writer;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -357,10 +357,10 @@ impl JobStatuses {
         self.inner.writer.send(change);
     }
 
-    /// Queues a change that may wait a little for the job's next one (a `running` change:
-    /// a job that ends within 50 ms is written once).
-    pub(crate) fn send_lingering(&self, change: Change) {
-        self.inner.writer.send_lingering(change);
+    /// Queues a job's `running` change, which waits a little for the job's next one: a job
+    /// that ends within 50 ms is written once.
+    pub(crate) fn send_running(&self, running: writer::Running) {
+        self.inner.writer.send_running(running);
     }
 
     /// Queues a change and waits until it is written (up to `timeout`; not at all while the

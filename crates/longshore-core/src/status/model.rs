@@ -221,8 +221,18 @@ pub struct Change {
 
 impl Change {
     /// A change of job `id` by `patch`, made now, after which it expires at `expires_at`.
-    pub fn new(id: MessageId, mut patch: Map<String, Value>, expires_at: SystemTime) -> Self {
-        patch.insert("updated_at".into(), time::value(SystemTime::now()));
+    pub fn new(id: MessageId, patch: Map<String, Value>, expires_at: SystemTime) -> Self {
+        Self::made_at(id, patch, expires_at, SystemTime::now())
+    }
+
+    /// A change of job `id` by `patch`, made at `at` (its `updated_at`).
+    pub(crate) fn made_at(
+        id: MessageId,
+        mut patch: Map<String, Value>,
+        expires_at: SystemTime,
+        at: SystemTime,
+    ) -> Self {
+        patch.insert("updated_at".into(), time::value(at));
         patch.insert("expires_at".into(), time::value(expires_at));
         Self {
             id,
@@ -317,14 +327,32 @@ pub mod patch {
 
     /// Attempt `attempt` started on `worker`.
     pub fn running(attempt: u32, worker: &str) -> Map<String, Value> {
-        object(json!({
-            "state": JobState::Running,
-            "attempt": attempt,
-            "worker": worker,
-            "started_at": time::value(SystemTime::now()),
-            "due_at": null,
-            "progress": null,
-        }))
+        let mut patch = Map::new();
+        put_running(&mut patch, attempt, worker, SystemTime::now(), false);
+        patch
+    }
+
+    /// Puts the fields of [`running`] (attempt `attempt` started on `worker` at `started_at`)
+    /// into `patch`; with `keep`, only those `patch` does not have (what folding `patch` into
+    /// a `running` change leaves, without building that change).
+    pub(crate) fn put_running(
+        patch: &mut Map<String, Value>,
+        attempt: u32,
+        worker: &str,
+        started_at: SystemTime,
+        keep: bool,
+    ) {
+        let mut put = |name: &str, value: &dyn Fn() -> Value| {
+            if !keep || !patch.contains_key(name) {
+                patch.insert(name.to_owned(), value());
+            }
+        };
+        put("state", &|| Value::from(JobState::Running.as_str()));
+        put("attempt", &|| Value::from(attempt));
+        put("worker", &|| Value::from(worker));
+        put("started_at", &|| time::value(started_at));
+        put("due_at", &|| Value::Null);
+        put("progress", &|| Value::Null);
     }
 
     /// Attempt `attempt` failed with `error`; the next runs at `next_try_at`.

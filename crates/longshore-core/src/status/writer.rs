@@ -8,13 +8,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::model::Coalesced;
+use super::model::{Coalesced, patch};
 use super::{Change, StatusStore};
+use crate::names::MessageId;
 
 /// Changes waiting to be written, at most.
 const BUFFER: usize = 65_536;
@@ -28,8 +29,8 @@ pub(crate) const LINGER: Duration = Duration::from_millis(50);
 enum Command {
     /// A change, and who waits for it to be written (told whether it was).
     Write(Change, Option<oneshot::Sender<()>>),
-    /// A change that may wait up to [`LINGER`] for a later one of the same job.
-    Linger(Change),
+    /// A job's `running` change, which waits up to [`LINGER`] for a later one of the job.
+    Running(Running),
     /// Answered once everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -74,10 +75,10 @@ impl Writer {
         self.queue(Command::Write(change, None));
     }
 
-    /// Queues `change` to be written within [`LINGER`], folded into the job's next change
-    /// if that comes sooner.
-    pub(crate) fn send_lingering(&self, change: Change) {
-        self.queue(Command::Linger(change));
+    /// Queues a job's `running` change, written within [`LINGER`], or folded into the job's
+    /// next change if that comes sooner (then never built).
+    pub(crate) fn send_running(&self, running: Running) {
+        self.queue(Command::Running(running));
     }
 
     /// Queues `change` and waits until it is written, up to `timeout`; does not wait while
@@ -120,12 +121,55 @@ impl Writer {
     }
 }
 
+/// A job's `running` change, kept as its parts until it is written: most jobs end within
+/// [`LINGER`], and their final change takes these fields instead.
+pub(crate) struct Running {
+    /// The job.
+    pub(crate) id: MessageId,
+    /// The attempt that started.
+    pub(crate) attempt: u32,
+    /// The worker it runs on.
+    pub(crate) worker: Arc<str>,
+    /// When it started.
+    pub(crate) started_at: SystemTime,
+    /// When the status expires after this change.
+    pub(crate) expires_at: SystemTime,
+}
+
+impl Running {
+    /// The change it stands for, made when the attempt started.
+    fn change(self) -> Change {
+        let mut fields = serde_json::Map::new();
+        patch::put_running(
+            &mut fields,
+            self.attempt,
+            &self.worker,
+            self.started_at,
+            false,
+        );
+        Change::made_at(self.id, fields, self.expires_at, self.started_at)
+    }
+
+    /// Folds it under `later`, a later change of the same job: what
+    /// `running.change().absorb(later)` gives, without building the `running` change.
+    fn under(self, later: &mut Change) {
+        debug_assert_eq!(self.id, later.id);
+        patch::put_running(
+            &mut later.patch,
+            self.attempt,
+            &self.worker,
+            self.started_at,
+            true,
+        );
+    }
+}
+
 /// `running` changes waiting out their [`LINGER`], oldest first.
 #[derive(Default)]
 struct Lingering {
-    changes: std::collections::HashMap<crate::names::MessageId, Change>,
+    changes: std::collections::HashMap<MessageId, Running>,
     /// When each was queued; ids whose change left early are skipped.
-    order: std::collections::VecDeque<(Instant, crate::names::MessageId)>,
+    order: std::collections::VecDeque<(Instant, MessageId)>,
 }
 
 impl Lingering {
@@ -135,8 +179,8 @@ impl Lingering {
             && *at + LINGER <= now
         {
             let (_, id) = self.order.pop_front().expect("a front");
-            if let Some(change) = self.changes.remove(&id) {
-                pending.push(change);
+            if let Some(running) = self.changes.remove(&id) {
+                pending.push(running.change());
             }
         }
     }
@@ -146,24 +190,27 @@ impl Lingering {
         self.order.front().map(|(at, _)| *at + LINGER)
     }
 
-    /// Puts a change into `pending`, after the lingering one of its job.
-    fn write(&mut self, pending: &mut Coalesced, change: Change) {
-        if let Some(earlier) = self.changes.remove(&change.id) {
-            pending.push(earlier);
+    /// Puts a change into `pending`, with the lingering `running` change of its job folded
+    /// under it.
+    fn write(&mut self, pending: &mut Coalesced, mut change: Change) {
+        if let Some(running) = self.changes.remove(&change.id) {
+            running.under(&mut change);
         }
         pending.push(change);
     }
 
-    fn linger(&mut self, change: Change) {
-        self.order.push_back((Instant::now(), change.id.clone()));
-        self.changes.insert(change.id.clone(), change);
+    /// Keeps `running` until its time is up or the job's next change comes (a later start
+    /// of the same job replaces it: the later `running` change holds every field it had).
+    fn linger(&mut self, running: Running) {
+        self.order.push_back((Instant::now(), running.id.clone()));
+        self.changes.insert(running.id.clone(), running);
     }
 
     /// Everything, for a flush.
     fn release_all(&mut self, pending: &mut Coalesced) {
         for (_, id) in self.order.drain(..) {
-            if let Some(change) = self.changes.remove(&id) {
-                pending.push(change);
+            if let Some(running) = self.changes.remove(&id) {
+                pending.push(running.change());
             }
         }
     }
@@ -181,7 +228,7 @@ fn take(
             lingering.write(pending, change);
             waiting.extend(done);
         }
-        Command::Linger(change) => lingering.linger(change),
+        Command::Running(running) => lingering.linger(running),
         Command::Flush(done) => {
             lingering.release_all(pending);
             waiting.push(done);
@@ -262,6 +309,75 @@ async fn run(
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use serde_json::{Value, json};
+
+    use super::{Running, patch};
+    use crate::names::MessageId;
+    use crate::status::{Change, JobState, Progress};
+
+    fn running(id: &MessageId, started_at: SystemTime) -> Running {
+        Running {
+            id: id.clone(),
+            attempt: 2,
+            worker: "host:1".into(),
+            started_at,
+            expires_at: started_at + Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn a_running_change_has_the_fields_of_the_running_patch() {
+        let (id, at) = (MessageId::generate(), SystemTime::now());
+        let change = running(&id, at).change();
+        let mut expected = patch::running(2, "host:1");
+        expected.insert("started_at".into(), super::super::model::time::value(at));
+        let expected = Change::made_at(id, expected, at + Duration::from_secs(60), at);
+        assert_eq!(change, expected);
+        assert_eq!(
+            change.patch["state"],
+            serde_json::to_value(JobState::Running).unwrap()
+        );
+        assert_eq!(change.patch["updated_at"], change.patch["started_at"]);
+    }
+
+    /// Folding a `running` change under a later one gives what absorbing the later one into
+    /// the built `running` change gives, for every kind of later change.
+    #[test]
+    fn folding_running_under_a_later_change_is_absorbing_it() {
+        let at = SystemTime::now() - Duration::from_millis(20);
+        let later_expiry = at + Duration::from_secs(600);
+        let progress = Progress {
+            fraction: 0.5,
+            message: "half".into(),
+        };
+        let mut with_progress = patch::succeeded(Some(&json!({"n": 1})));
+        with_progress.extend(patch::progress(&progress));
+        let laters = [
+            patch::succeeded(None),
+            with_progress,
+            patch::retrying(2, "boom", at + Duration::from_secs(5)),
+            patch::dead_lettered("bad input"),
+            patch::cancelled(),
+            patch::requeued(),
+            patch::progress(&progress),
+        ];
+        for later in laters {
+            let id = MessageId::generate();
+            let later = Change::new(id.clone(), later, later_expiry);
+            let mut absorbed = running(&id, at).change();
+            absorbed.absorb(later.clone());
+            let mut folded = later;
+            running(&id, at).under(&mut folded);
+            assert_eq!(folded, absorbed);
+            assert_ne!(folded.patch["attempt"], Value::Null);
         }
     }
 }

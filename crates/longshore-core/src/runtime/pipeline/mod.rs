@@ -230,7 +230,7 @@ pub(crate) fn stack(options: StackOptions, user: Vec<Arc<dyn Layer>>) -> Arc<[Ar
         layers.push(Arc::new(status::StatusLayer {
             statuses,
             cancels,
-            worker,
+            worker: worker.into(),
         }));
     }
     layers.push(Arc::new(classify::ClassifyLayer));

@@ -10,6 +10,7 @@ use super::{JobRequest, Layer, Next};
 use crate::names::MessageId;
 use crate::outcome::Outcome;
 use crate::status::tracking::Cancels;
+use crate::status::writer::Running;
 use crate::status::{Change, JobState, JobStatuses, patch};
 
 /// How long a redelivered job's status is looked up before running it anyway.
@@ -34,7 +35,7 @@ const SUCCESS_WRITE: Duration = Duration::from_secs(2);
 pub(super) struct StatusLayer {
     pub(super) statuses: JobStatuses,
     pub(super) cancels: Arc<Cancels>,
-    pub(super) worker: String,
+    pub(super) worker: Arc<str>,
 }
 
 impl StatusLayer {
@@ -88,12 +89,13 @@ impl Layer for StatusLayer {
             }
         }
         // Written within 50 ms, or with the attempt's last change if it ends sooner.
-        let expires = self.statuses.expiry(JobState::Running, None);
-        self.statuses.send_lingering(Change::new(
-            id.clone(),
-            patch::running(attempt, &self.worker),
-            expires,
-        ));
+        self.statuses.send_running(Running {
+            id: id.clone(),
+            attempt,
+            worker: Arc::clone(&self.worker),
+            started_at: SystemTime::now(),
+            expires_at: self.statuses.expiry(JobState::Running, None),
+        });
         self.cancels.register(&id, &tracked.cancel);
         let outcome = next.run(job).await;
         self.cancels.unregister(&id);
