@@ -1,14 +1,29 @@
 //! The job status suite on a real Redis (`LONGSHORE_REDIS_URL`, default the local server).
 
+use std::time::{Duration, SystemTime};
+
 use integration_tests::conformance::status::StatusHarness;
 use integration_tests::harness::redis_status_store;
-use longshore::status::JobStatuses;
+use longshore::status::{Change, JobState, JobStatus, JobStatuses, StatusStore, patch};
+use longshore::{JobName, MessageId, QueueName};
 
 fn redis() -> StatusHarness {
     StatusHarness::new(|| async { JobStatuses::new(redis_status_store().await) })
 }
 
 integration_tests::status_suite!(redis());
+
+/// A queued status of a new job, expiring at `expires`.
+fn queued(expires: SystemTime) -> JobStatus {
+    JobStatus::queued(
+        MessageId::generate(),
+        JobName::new("job"),
+        QueueName::new("queue"),
+        None,
+        None,
+        expires,
+    )
+}
 
 /// Sends one command to Redis over RESP and returns its one-line reply.
 async fn redis_command(parts: &[&str]) -> String {
@@ -40,23 +55,9 @@ async fn redis_command(parts: &[&str]) -> String {
 /// and changes still apply.
 #[tokio::test]
 async fn scripts_are_loaded_again_after_redis_forgets_them() {
-    use longshore::status::{Change, JobState, JobStatus, StatusStore, patch};
-    use longshore::{JobName, MessageId, QueueName};
-    use std::time::{Duration, SystemTime};
-
     let store = redis_status_store().await;
     let expires = SystemTime::now() + Duration::from_secs(60);
-    let queued = || {
-        JobStatus::queued(
-            MessageId::generate(),
-            JobName::new("job"),
-            QueueName::new("queue"),
-            None,
-            None,
-            expires,
-        )
-    };
-    let (first, second) = (queued(), queued());
+    let (first, second) = (queued(expires), queued(expires));
     store.create(&first).await.expect("create");
     assert_eq!(redis_command(&["SCRIPT", "FLUSH"]).await, "+OK");
     store
@@ -73,4 +74,29 @@ async fn scripts_are_loaded_again_after_redis_forgets_them() {
     assert_eq!((status.state, status.seq), (JobState::Running, 2));
     let status = store.get(&second.id).await.expect("get").expect("a status");
     assert_eq!((status.state, status.seq), (JobState::Queued, 1));
+}
+
+/// A job's sequence numbers only grow, even when its events list was lost apart from its
+/// hash (evicted under memory pressure, say): the next change does not start over at 2.
+#[tokio::test]
+async fn sequence_numbers_grow_when_the_events_list_is_lost() {
+    let prefix = format!("longshore-test-seq-{}:", MessageId::generate());
+    let store = redis_status_store().await.prefix(prefix.clone());
+    let expires = SystemTime::now() + Duration::from_secs(60);
+    let status = queued(expires);
+    let id = status.id.clone();
+    store.create(&status).await.expect("create");
+    let change = |patch| Change::new(id.clone(), patch, expires);
+    store
+        .apply(&[change(patch::running(1, "w:1"))])
+        .await
+        .expect("apply");
+    let events = format!("{prefix}events:{id}");
+    assert_eq!(redis_command(&["DEL", &events]).await, ":1");
+    store
+        .apply(&[change(patch::succeeded(None))])
+        .await
+        .expect("apply");
+    let status = store.get(&id).await.expect("get").expect("a status");
+    assert_eq!((status.state, status.seq), (JobState::Succeeded, 3));
 }

@@ -72,7 +72,7 @@ while i <= #ARGV do
   local first, last = i + 4, i + 3 + 2 * fields
   local job = p .. 'job:' .. id
   -- What the status is before this change; a job without a queue does not exist.
-  local was = redis.call('HMGET', job, 'queue', 'state', 'cancel_requested', 'unique_key')
+  local was = redis.call('HMGET', job, 'queue', 'state', 'cancel_requested', 'unique_key', 'seq')
   local queue, state, asked, key = was[1], was[2], was[3] == 'true', was[4]
   if queue then
     for f = first, last, 2 do
@@ -85,9 +85,14 @@ while i <= #ARGV do
         key = ARGV[f + 1]
       end
     end
-    -- The events list holds one entry per sequence number: its length is the new one.
+    -- The events list holds one entry per sequence number: its length is the new one
+    -- (and never one the job had: a list lost apart from its hash starts over).
     local events = p .. 'events:' .. id
     local seq = redis.call('RPUSH', events, patch)
+    local had = tonumber(was[5])
+    if had and seq <= had then
+      seq = had + 1
+    end
     redis.call('PEXPIREAT', events, expire_at)
     redis.call('HSET', job, 'seq', seq, unpack(ARGV, first, last))
     redis.call('PEXPIREAT', job, expire_at)
