@@ -77,7 +77,8 @@ async fn scripts_are_loaded_again_after_redis_forgets_them() {
 }
 
 /// A job's sequence numbers only grow, even when its events list was lost apart from its
-/// hash (evicted under memory pressure, say): the next change does not start over at 2.
+/// hash (evicted under memory pressure, say): the next change does not start over at 1, and
+/// its events, which cannot be replayed, are its current status.
 #[tokio::test]
 async fn sequence_numbers_grow_when_the_events_list_is_lost() {
     let prefix = format!("longshore-test-seq-{}:", MessageId::generate());
@@ -99,4 +100,8 @@ async fn sequence_numbers_grow_when_the_events_list_is_lost() {
         .expect("apply");
     let status = store.get(&id).await.expect("get").expect("a status");
     assert_eq!((status.state, status.seq), (JobState::Succeeded, 3));
+    // Its events cannot be replayed: a resumed stream gets the status as it is now.
+    let events = store.events(&id, 1).await.expect("events");
+    assert_eq!(events, [status]);
+    assert!(store.events(&id, 3).await.expect("events").is_empty());
 }

@@ -406,7 +406,20 @@ impl StatusStore for RedisStatusStore {
             .lrange(format!("{}events:{id}", self.prefix), 0, -1)
             .await
             .map_err(store_error)?;
-        fold_events(&texts, after)
+        match fold_events(&texts, after) {
+            Ok(events) => Ok(events),
+            // A list that does not start with a status lost its head apart from the hash
+            // (evicted, say): what is left is the status as it is now.
+            Err(error) => {
+                tracing::debug!(%id, %error, "a job's events cannot be replayed; sending its status");
+                Ok(self
+                    .get(id)
+                    .await?
+                    .filter(|status| status.seq > after)
+                    .into_iter()
+                    .collect())
+            }
+        }
     }
 
     async fn cancel_requested(&self, queue: &QueueName) -> Result<Vec<MessageId>, StatusError> {
