@@ -338,7 +338,7 @@ mod tests {
         let (id, at) = (MessageId::generate(), SystemTime::now());
         let change = running(&id, at).change();
         let mut expected = patch::running(2, "host:1");
-        expected.insert("started_at".into(), super::super::model::time::value(at));
+        expected.insert("started_at".into(), crate::status::model::time::value(at));
         let expected = Change::made_at(id, expected, at + Duration::from_secs(60), at);
         assert_eq!(change, expected);
         assert_eq!(
