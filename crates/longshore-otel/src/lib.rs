@@ -16,9 +16,12 @@
 //!   `messaging.process.duration` histogram, and `longshore.queue.depth` sampled from the
 //!   broker every [`QUEUE_DEPTH_INTERVAL`];
 //! - export: OTLP over HTTP/protobuf to `OTEL_EXPORTER_OTLP_ENDPOINT` (or the per-signal
-//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `..._METRICS_ENDPOINT`), resource from
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `..._METRICS_ENDPOINT`), with
+//!   `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS` and `_TIMEOUT`, resource from
 //!   `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`, batching from `OTEL_BSP_*` and
-//!   `OTEL_METRIC_EXPORT_INTERVAL`; `OTEL_METRICS_EXPORTER=none` exports traces only (for a
+//!   `OTEL_METRIC_EXPORT_INTERVAL`; spans are written as protobuf on the thread that ends
+//!   them and posted in batches by a thread of their own (plain `http://`, uncompressed:
+//!   [`init`] refuses `https://` and `OTEL_EXPORTER_OTLP_COMPRESSION` with a clear error); `OTEL_METRICS_EXPORTER=none` exports traces only (for a
 //!   collector such as Jaeger that takes no metrics; Prometheus can scrape
 //!   `longshore_http::probes`' `/metrics`). Without an endpoint (or with `OTEL_SDK_DISABLED=true`)
 //!   only the stdout logs are set up, and nothing else costs anything.
@@ -57,6 +60,7 @@
 
 mod hooks;
 mod log_fields;
+mod otlp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +68,7 @@ use std::time::Duration;
 use longshore_core::Outcome;
 use longshore_core::spi::{Headers, JobEvent, Telemetry};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
+use opentelemetry_otlp::{MetricExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -267,18 +271,17 @@ pub fn init_with(config: &Config) -> Result<TelemetryGuard, InitError> {
             .as_ref()
             .map(|base| format!("{}/v1/{signal}", base.trim_end_matches('/')))
     };
-    let mut spans = SpanExporter::builder()
-        .with_http()
-        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-    if let Some(url) = signal_url("traces") {
-        spans = spans.with_endpoint(url);
-    }
-    let spans = spans.build().map_err(|error| InitError::Exporter {
-        signal: "traces",
-        message: error.to_string(),
-    })?;
+    let spans = otlp::Settings::from_env(config.endpoint.as_deref())
+        .and_then(|settings| {
+            otlp::OtlpSpans::start(settings)
+                .map_err(|error| format!("cannot start the export thread: {error}"))
+        })
+        .map_err(|message| InitError::Exporter {
+            signal: "traces",
+            message,
+        })?;
     let tracer_provider = SdkTracerProvider::builder()
-        .with_batch_exporter(spans)
+        .with_span_processor(spans)
         .with_resource(resource.clone())
         .build();
     let mut meter_provider = SdkMeterProvider::builder().with_resource(resource);
@@ -350,6 +353,20 @@ fn parse_filter(filter: &str) -> Result<EnvFilter, InitError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the span exporter cannot honour fails `init` (before anything is installed),
+    /// not every export later.
+    #[test]
+    fn an_https_endpoint_is_refused_with_the_reason() {
+        let error = init_with(&Config::default().endpoint("https://collector:4318"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("cannot build the OTLP traces exporter: the endpoint")
+                && error.contains("is not http://"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn a_bad_filter_is_a_clear_error() {

@@ -84,34 +84,77 @@ pub(super) fn telemetry_run(runtime: &tokio::runtime::Runtime, mode: &str, amqp_
 const TELEMETRY_MEMORY_JOBS: u64 = 100_000;
 
 /// Longshore with no subscriber, with logs only and with OTLP export, each in a child
-/// process; prints the ratios against no subscriber.
+/// process, in `BENCH_ROUNDS` interleaved rounds (3 unless set: none, off, on, none, …) so
+/// drift on a shared machine falls on all three; prints each round, then the medians, their
+/// ratios against no subscriber, and what export adds per job over logs only.
 pub(super) fn telemetry() {
-    let none = telemetry_child("none");
-    let off = telemetry_child("off");
-    let on = telemetry_child("on");
+    const MODES: [&str; 3] = ["none", "off", "on"];
     let labels = [
         "memory, concurrency 16",
         "rabbitmq no-op, prefetch 100, concurrency 100",
         "rabbitmq 5 ms I/O job, prefetch 100, concurrency 100",
     ];
-    for (label, ((none, off), on)) in labels.into_iter().zip(none.into_iter().zip(off).zip(on)) {
-        let figures = [
-            Figure {
-                label: format!("{label}: no subscriber"),
-                jobs: none.0,
-                elapsed: none.1,
-            },
-            Figure {
-                label: format!("{label}: telemetry off (logs only)"),
-                jobs: off.0,
-                elapsed: off.1,
-            },
-            Figure {
-                label: format!("{label}: telemetry on (OTLP export)"),
-                jobs: on.0,
-                elapsed: on.1,
-            },
+    // By mode, then round: the child's figures.
+    let mut runs: Vec<Vec<Vec<(u64, Duration)>>> = vec![Vec::new(); MODES.len()];
+    let micros = |(jobs, elapsed): (u64, Duration)| elapsed.as_secs_f64() * 1e6 / jobs as f64;
+    // What export adds on the memory broker in each round: the two runs of a round share
+    // its drift.
+    let mut added = Vec::new();
+    for round in 0..amqp::rounds() {
+        for (mode, runs) in MODES.iter().zip(&mut runs) {
+            let figures = telemetry_child(mode);
+            let memory = *figures.first().expect("the memory figure");
+            println!(
+                "round {round}: {mode:<4} memory {:.2} µs/job",
+                micros(memory)
+            );
+            runs.push(figures);
+        }
+        added.push(micros(runs[2][round][0]) - micros(runs[1][round][0]));
+    }
+    println!(
+        "memory broker, OTLP export over logs only, by round: {} µs/job",
+        added
+            .iter()
+            .map(|a| format!("{a:+.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    added.sort_by(f64::total_cmp);
+    println!(
+        "memory broker, OTLP export over logs only: median of the rounds {:+.2} µs/job",
+        added[added.len() / 2]
+    );
+    for (at, label) in labels.into_iter().enumerate() {
+        let median = |mode: usize| {
+            let mut figures: Vec<(u64, Duration)> =
+                runs[mode].iter().map(|figures| figures[at]).collect();
+            figures.sort_by_key(|(_, elapsed)| *elapsed);
+            figures[figures.len() / 2]
+        };
+        let names = [
+            "no subscriber",
+            "telemetry off (logs only)",
+            "telemetry on (OTLP export)",
         ];
+        let figures: Vec<Figure> = names
+            .iter()
+            .enumerate()
+            .map(|(mode, name)| {
+                let (jobs, elapsed) = median(mode);
+                Figure {
+                    label: format!("{label}: {name}"),
+                    jobs,
+                    elapsed,
+                }
+            })
+            .collect();
         print(&figures, &figures[0]);
+        println!(
+            "(OTLP export adds {:+.2} µs per job over logs only, {:+.2} over no subscriber; medians of {} rounds)",
+            figures[2].micros_per_job() - figures[1].micros_per_job(),
+            figures[2].micros_per_job() - figures[0].micros_per_job(),
+            runs[0].len()
+        );
     }
 }
