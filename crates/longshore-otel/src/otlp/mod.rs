@@ -10,7 +10,9 @@
 //!
 //! The SDK's path moved every span through a channel to its thread, converted it to
 //! `opentelemetry-proto`'s structs (a `Vec` or `String` per id, name and attribute), encoded
-//! those and dropped both: about 5 µs of CPU per job span on the benchmark machine.
+//! those and dropped both. On the in-memory broker's benchmark that made export cost 7.7 to
+//! 10.9 µs per job over logs only; with this processor, 2.2 to 3.5 µs (the rest is mostly
+//! `tracing-opentelemetry` building each span).
 
 mod encode;
 mod settings;
