@@ -21,7 +21,8 @@
 //!   `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`, batching from `OTEL_BSP_*` and
 //!   `OTEL_METRIC_EXPORT_INTERVAL`; spans are written as protobuf on the thread that ends
 //!   them and posted in batches by a thread of their own (plain `http://`, uncompressed:
-//!   [`init`] refuses `https://` and `OTEL_EXPORTER_OTLP_COMPRESSION` with a clear error); `OTEL_METRICS_EXPORTER=none` exports traces only (for a
+//!   [`init`] refuses `https://` and `OTEL_EXPORTER_OTLP_COMPRESSION` with a clear error);
+//!   `OTEL_METRICS_EXPORTER=none` exports traces only (for a
 //!   collector such as Jaeger that takes no metrics; Prometheus can scrape
 //!   `longshore_http::probes`' `/metrics`). Without an endpoint (or with `OTEL_SDK_DISABLED=true`)
 //!   only the stdout logs are set up, and nothing else costs anything.

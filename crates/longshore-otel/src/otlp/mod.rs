@@ -183,6 +183,34 @@ impl OtlpSpans {
         })
     }
 
+    /// Writes `span` (in `scratch`, outside the lock) and queues it; drops it when the
+    /// queue is full or the processor stopped.
+    fn queue(&self, span: &SpanData, scratch: &mut Vec<u8>) {
+        let settings = &self.shared.settings;
+        scratch.clear();
+        encode::span(scratch, span);
+        let mut queue = lock(&self.shared.queue);
+        if queue.stopping {
+            return;
+        }
+        if queue.waiting >= settings.max_queue {
+            queue.dropped += 1;
+            return;
+        }
+        queue.open.push(&span.instrumentation_scope, scratch);
+        queue.waiting += 1;
+        let filled = queue.open.spans >= settings.max_batch;
+        if filled {
+            let spare = queue.spare.pop().unwrap_or_default();
+            let full = std::mem::replace(&mut queue.open, spare);
+            queue.full.push_back(full);
+        }
+        drop(queue);
+        if filled {
+            self.shared.wake.notify_one();
+        }
+    }
+
     /// Asks the export thread to export everything waiting (and, with `stop`, to end) and
     /// waits for it.
     fn drain(&self, stop: bool, timeout: Duration) -> OTelSdkResult {
@@ -219,32 +247,13 @@ impl SpanProcessor for OtlpSpans {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        let max_batch = self.shared.settings.max_batch;
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            scratch.clear();
-            encode::span(&mut scratch, &span);
-            let mut queue = lock(&self.shared.queue);
-            if queue.stopping {
-                return;
-            }
-            if queue.waiting >= self.shared.settings.max_queue {
-                queue.dropped += 1;
-                return;
-            }
-            queue.open.push(&span.instrumentation_scope, &scratch);
-            queue.waiting += 1;
-            let filled = queue.open.spans >= max_batch;
-            if filled {
-                let spare = queue.spare.pop().unwrap_or_default();
-                let full = std::mem::replace(&mut queue.open, spare);
-                queue.full.push_back(full);
-            }
-            drop(queue);
-            if filled {
-                self.shared.wake.notify_one();
-            }
-        });
+        // A span may end while its thread's locals are being torn down.
+        if SCRATCH
+            .try_with(|scratch| self.queue(&span, &mut scratch.borrow_mut()))
+            .is_err()
+        {
+            self.queue(&span, &mut Vec::new());
+        }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
