@@ -25,12 +25,21 @@ const FIXED32: u32 = 5;
 const HAS_IS_REMOTE: u32 = 0x100;
 const IS_REMOTE: u32 = 0x200;
 
-fn varint(out: &mut Vec<u8>, mut value: u64) {
+/// `value` as a varint: its bytes, and how many of them there are.
+fn varint_bytes(mut value: u64) -> ([u8; 10], usize) {
+    let (mut bytes, mut used) = ([0; 10], 0);
     while value >= 0x80 {
-        out.push((value as u8) | 0x80);
+        bytes[used] = (value as u8) | 0x80;
         value >>= 7;
+        used += 1;
     }
-    out.push(value as u8);
+    bytes[used] = value as u8;
+    (bytes, used + 1)
+}
+
+fn varint(out: &mut Vec<u8>, value: u64) {
+    let (bytes, used) = varint_bytes(value);
+    out.extend_from_slice(&bytes[..used]);
 }
 
 /// How many bytes `value` takes as a varint.
@@ -101,17 +110,7 @@ fn sized_message(out: &mut Vec<u8>, field: u32, kept: usize, body: impl FnOnce(&
     out.resize(at + kept, 0);
     body(out);
     let end = out.len();
-    let len = end - at - kept;
-    let mut prefix = [0_u8; 10];
-    let mut used = 0;
-    let mut rest = len as u64;
-    while rest >= 0x80 {
-        prefix[used] = (rest as u8) | 0x80;
-        rest >>= 7;
-        used += 1;
-    }
-    prefix[used] = rest as u8;
-    used += 1;
+    let (prefix, used) = varint_bytes((end - at - kept) as u64);
     if used > kept {
         out.resize(end + used - kept, 0);
         out.copy_within(at + kept..end, at + used);

@@ -53,12 +53,12 @@ struct Shared {
     /// Wakes the export thread: a batch is full, a flush is asked for, or it is to stop.
     wake: Condvar,
     /// The resource's `Resource` message and schema URL, set by the tracer provider.
-    resource: RwLock<Arc<Encoded>>,
+    resource: RwLock<Arc<EncodedResource>>,
 }
 
 /// A resource, written once.
 #[derive(Default)]
-struct Encoded {
+struct EncodedResource {
     /// The `Resource` message's body.
     body: Vec<u8>,
     /// `ResourceSpans.schema_url`, as a field (empty without one).
@@ -111,7 +111,7 @@ impl Batch {
     }
 
     /// The `ExportTraceServiceRequest` of these spans.
-    fn request(&self, resource: &Encoded) -> Vec<u8> {
+    fn request(&self, resource: &EncodedResource) -> Vec<u8> {
         let heads: Vec<(Vec<u8>, &[u8])> = self
             .scopes
             .iter()
@@ -265,7 +265,7 @@ impl SpanProcessor for OtlpSpans {
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        let mut encoded = Encoded::default();
+        let mut encoded = EncodedResource::default();
         encode::resource(&mut encoded.body, resource);
         encode::schema_url(&mut encoded.schema_url, resource.schema_url());
         *self
@@ -329,7 +329,7 @@ fn export(shared: &Shared) {
         .timeout(settings.timeout)
         .build();
     let mut next = Instant::now() + settings.schedule_delay;
-    let mut failures = Failures::default();
+    let (mut failed, mut dropped) = (Throttled::default(), Throttled::default());
     loop {
         let taken = take(shared, &mut next);
         let resource = Arc::clone(
@@ -345,11 +345,18 @@ fn export(shared: &Shared) {
                 Err(error) => Err(format!("cannot build the HTTP client: {error}")),
             };
             if let Err(error) = sent {
-                failures.log(&error, batch.spans);
+                if let Some(lost) = failed.add(batch.spans as u64) {
+                    tracing::warn!(lost_spans = lost, "could not export spans: {error}");
+                }
                 result = Err(error);
             }
         }
-        failures.dropped(taken.dropped);
+        if let Some(dropped) = dropped.add(taken.dropped) {
+            tracing::warn!(
+                dropped_spans = dropped,
+                "spans were dropped: more waited for export than OTEL_BSP_MAX_QUEUE_SIZE"
+            );
+        }
         if !taken.batches.is_empty() {
             let mut queue = lock(&shared.queue);
             for mut batch in taken.batches {
@@ -390,35 +397,22 @@ fn post(
     ))
 }
 
-/// Export failures and dropped spans, logged at most every [`LOG_EVERY`].
+/// A count of lost spans, told at most every [`LOG_EVERY`].
 #[derive(Default)]
-struct Failures {
+struct Throttled {
     last: Option<Instant>,
-    lost: u64,
-    dropped: u64,
-    last_drop: Option<Instant>,
+    count: u64,
 }
 
-impl Failures {
-    fn log(&mut self, error: &str, spans: usize) {
-        self.lost += spans as u64;
-        if self.last.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-            self.last = Some(Instant::now());
-            tracing::warn!(lost_spans = self.lost, "could not export spans: {error}");
-            self.lost = 0;
+impl Throttled {
+    /// Adds `lost`; the count to log now (and starts over), if it is time.
+    fn add(&mut self, lost: u64) -> Option<u64> {
+        self.count += lost;
+        if self.count == 0 || self.last.is_some_and(|at| at.elapsed() < LOG_EVERY) {
+            return None;
         }
-    }
-
-    fn dropped(&mut self, dropped: u64) {
-        self.dropped += dropped;
-        if self.dropped > 0 && self.last_drop.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-            self.last_drop = Some(Instant::now());
-            tracing::warn!(
-                dropped_spans = self.dropped,
-                "spans were dropped: more waited for export than OTEL_BSP_MAX_QUEUE_SIZE"
-            );
-            self.dropped = 0;
-        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.count))
     }
 }
 

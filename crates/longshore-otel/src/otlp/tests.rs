@@ -15,7 +15,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks, SpanProcessor};
 use prost::Message;
 
-use super::{Batch, Encoded, OtlpSpans, Settings, encode};
+use super::{Batch, EncodedResource, OtlpSpans, Settings, encode};
 
 fn at(nanos: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(nanos)
@@ -144,8 +144,8 @@ fn resource() -> Resource {
         .build()
 }
 
-fn encoded(resource: &Resource) -> Encoded {
-    let mut encoded = Encoded::default();
+fn encoded(resource: &Resource) -> EncodedResource {
+    let mut encoded = EncodedResource::default();
     encode::resource(&mut encoded.body, resource);
     encode::schema_url(&mut encoded.schema_url, resource.schema_url());
     encoded
