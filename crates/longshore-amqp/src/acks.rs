@@ -13,13 +13,13 @@
 //! A job's settle waits until the ack carrying its tag was handed to the connection, as a
 //! single ack would: a worker that stops has sent every ack of the jobs it finished.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use lapin::Channel;
 use lapin::options::BasicAckOptions;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
 /// How long a finished tag waits for the tags below it before it is acked on its own.
@@ -52,18 +52,41 @@ pub(crate) struct Plan {
 /// The tags of one consumer channel.
 #[derive(Default)]
 pub(crate) struct Book {
-    /// Every tag above `floor` that was delivered and not yet acked as part of a run.
-    tags: BTreeMap<u64, Tag>,
+    /// Tag `floor + 1 + i` is at `tags[i]`: every tag above `floor` delivered and not yet
+    /// acked as part of a run. A channel's delivery tags count up from 1 without gaps.
+    tags: VecDeque<Tag>,
     /// Every tag up to it is acknowledged or settled.
     floor: u64,
+    /// Finished tags in `tags` (the run's and those lingering above it).
+    finished: usize,
     /// The channel closed: nothing can be acked any more.
     closed: bool,
 }
 
 impl Book {
+    /// The slot of `tag`, made (open) if it is past the end; `None` at or below the floor.
+    fn slot(&mut self, tag: u64) -> Option<&mut Tag> {
+        let index = usize::try_from(tag.checked_sub(self.floor + 1)?).ok()?;
+        if index >= self.tags.len() {
+            self.tags.resize_with(index + 1, || Tag::Open);
+        }
+        self.tags.get_mut(index)
+    }
+
+    /// Puts `tag` in `state`, keeping the count of finished tags; nothing changes at or
+    /// below the floor. A finished tag's waiter that is replaced hears its ack was not sent.
+    fn set(&mut self, tag: u64, state: Tag) {
+        let finished = matches!(state, Tag::Finished { .. });
+        let Some(slot) = self.slot(tag) else {
+            return;
+        };
+        let was_finished = matches!(std::mem::replace(slot, state), Tag::Finished { .. });
+        self.finished = self.finished + usize::from(finished) - usize::from(was_finished);
+    }
+
     /// A delivery was read.
     pub(crate) fn open(&mut self, tag: u64) {
-        self.tags.insert(tag, Tag::Open);
+        self.set(tag, Tag::Open);
     }
 
     /// Its job finished: ack it; `sent` hears whether the ack was sent.
@@ -72,38 +95,33 @@ impl Book {
             let _ = sent.send(false);
             return;
         }
-        self.tags.insert(
-            tag,
-            Tag::Finished {
-                since: Instant::now(),
-                sent,
-            },
-        );
+        if tag <= self.floor {
+            // Already settled: it cannot be acked again.
+            let _ = sent.send(false);
+            return;
+        }
+        let since = Instant::now();
+        self.set(tag, Tag::Finished { since, sent });
     }
 
     /// It was settled another way (nack, or acked on its own).
     pub(crate) fn settled(&mut self, tag: u64) {
-        if tag > self.floor {
-            self.tags.insert(tag, Tag::Settled);
-        }
+        self.set(tag, Tag::Settled);
         self.advance_over_settled();
     }
 
     fn advance_over_settled(&mut self) {
-        while let Some(entry) = self.tags.first_entry() {
-            if *entry.key() == self.floor + 1 && matches!(entry.get(), Tag::Settled) {
-                entry.remove();
-                self.floor += 1;
-            } else {
-                break;
-            }
+        while matches!(self.tags.front(), Some(Tag::Settled)) {
+            self.tags.pop_front();
+            self.floor += 1;
         }
     }
 
     /// The channel closed: every ack waiting hears it was not sent.
     fn close(&mut self) {
         self.closed = true;
-        for (_, tag) in std::mem::take(&mut self.tags) {
+        self.finished = 0;
+        for tag in std::mem::take(&mut self.tags) {
             if let Tag::Finished { sent, .. } = tag {
                 let _ = sent.send(false);
             }
@@ -114,45 +132,37 @@ impl Book {
     pub(crate) fn plan(&mut self, now: Instant) -> (Plan, Vec<oneshot::Sender<bool>>) {
         let mut plan = Plan::default();
         let mut waiting = Vec::new();
-        // The run: consecutive tags from the floor, each finished or settled.
-        // RabbitMQ wants the tag a multiple ack names to be one not acked yet: the
-        // highest finished tag of the run.
-        let mut top = self.floor;
-        let mut highest_finished = None;
-        while let Some(tag) = self.tags.get(&(top + 1)) {
-            match tag {
-                Tag::Open => break,
-                Tag::Finished { .. } => highest_finished = Some(top + 1),
-                Tag::Settled => {}
+        // The run: consecutive tags from the floor, each finished or settled. RabbitMQ
+        // wants the tag a multiple ack names to be one not acked yet: the highest finished
+        // tag of the run.
+        while let Some(front) = self.tags.front() {
+            if matches!(front, Tag::Open) {
+                break;
             }
-            top += 1;
-        }
-        if top > self.floor {
-            // Every tag in the book is above the floor: the run is all of them up to `top`.
-            let above = self.tags.split_off(&(top + 1));
-            for (_, tag) in std::mem::replace(&mut self.tags, above) {
-                if let Tag::Finished { sent, .. } = tag {
-                    waiting.push(sent);
-                }
+            self.floor += 1;
+            if let Some(Tag::Finished { sent, .. }) = self.tags.pop_front() {
+                self.finished -= 1;
+                waiting.push(sent);
+                plan.multiple = Some(self.floor);
             }
-            self.floor = top;
-            plan.multiple = highest_finished;
         }
-        // Above the run: finished tags that waited long enough go on their own.
-        let linger_from = now.checked_sub(LINGER).unwrap_or(now);
-        for (tag, state) in self.tags.iter_mut() {
-            if let Tag::Finished { since, .. } = state {
+        if self.finished > 0 {
+            // Above the run: finished tags that waited long enough go on their own.
+            let linger_from = now.checked_sub(LINGER).unwrap_or(now);
+            for (index, state) in self.tags.iter_mut().enumerate() {
+                let Tag::Finished { since, .. } = state else {
+                    continue;
+                };
                 if *since <= linger_from {
-                    plan.single.push(*tag);
+                    plan.single.push(self.floor + 1 + index as u64);
+                    if let Tag::Finished { sent, .. } = std::mem::replace(state, Tag::Settled) {
+                        self.finished -= 1;
+                        waiting.push(sent);
+                    }
                 } else {
                     let at = *since + LINGER;
                     plan.again_at = Some(plan.again_at.map_or(at, |t| t.min(at)));
                 }
-            }
-        }
-        for tag in &plan.single {
-            if let Some(Tag::Finished { sent, .. }) = self.tags.insert(*tag, Tag::Settled) {
-                waiting.push(sent);
             }
         }
         self.advance_over_settled();
@@ -168,13 +178,18 @@ pub(crate) struct Acks {
 }
 
 impl Acks {
-    /// Starts the sender for `channel`.
-    pub(crate) fn start(channel: Channel) -> Arc<Self> {
+    /// Starts the sender for `channel`, on the connection of `generation` (the link's
+    /// generation is `current`).
+    pub(crate) fn start(
+        channel: Channel,
+        current: watch::Receiver<u64>,
+        generation: u64,
+    ) -> Arc<Self> {
         let acks = Arc::new(Self {
             book: Mutex::default(),
             wake: Notify::new(),
         });
-        tokio::spawn(send(Arc::clone(&acks), channel));
+        tokio::spawn(send(Arc::clone(&acks), channel, current, generation));
         acks
     }
 
@@ -204,10 +219,20 @@ impl Acks {
 }
 
 /// The sender task: waits to be woken (or for lingering tags), sends what the book plans.
-/// Ends when the channel has closed (the book is closed: waiting acks hear they were not
-/// sent) or nobody else holds the acks.
-async fn send(acks: Arc<Acks>, channel: Channel) {
-    send_while_open(&acks, &channel).await;
+/// Ends when the channel has closed or its connection was replaced (the book is closed:
+/// waiting acks hear they were not sent), or nobody else holds the acks.
+async fn send(
+    acks: Arc<Acks>,
+    channel: Channel,
+    mut current: watch::Receiver<u64>,
+    generation: u64,
+) {
+    tokio::select! {
+        () = send_while_open(&acks, &channel) => {}
+        // On a connection that was replaced an ack would wait forever: the delivery is gone.
+        _ = current.wait_for(|now| *now != generation) => {}
+    }
+
     acks.book().close();
 }
 

@@ -6,7 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::{Stream, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
@@ -84,85 +88,115 @@ pub(crate) async fn consume(
         )
         .await
         .map_err(|e| broker_error(e, &queue))?;
+    let generation = live.generation;
     let receiver = Arc::new(Receiver {
         queue,
         publisher: live.publisher.clone(),
         dead_letter,
         channel: channel.clone(),
-        generation: live.generation,
-        current,
-        acks: Acks::start(channel.clone()),
+        generation,
+        current: current.clone(),
+        acks: Acks::start(channel.clone(), current.clone(), generation),
     });
-    let guard = Guard {
-        channel,
-        consumer: Some(consumer),
-    };
-    let stream =
-        futures_util::stream::unfold((guard, receiver), |(mut guard, receiver)| async move {
-            let next = next_delivery(&mut guard, &receiver).await;
-            next.map(|item| (item, (guard, receiver)))
-        });
-    Ok(stream.boxed())
+    let mut current = current;
+    Ok(Deliveries {
+        guard: Guard {
+            channel,
+            consumer: Some(consumer),
+        },
+        receiver,
+        replaced: Box::pin(async move {
+            let _ = current.wait_for(|now| *now != generation).await;
+        }),
+    }
+    .boxed())
 }
 
-/// The next delivery to start; `None` once the consumer is cancelled; an error ends the
-/// stream (the worker consumes again, on the next connection).
-async fn next_delivery(
-    guard: &mut Guard,
-    receiver: &Arc<Receiver>,
-) -> Option<Result<Delivery, BrokerError>> {
-    let mut current = receiver.current.clone();
-    loop {
-        let consumer = guard.consumer.as_mut()?;
-        let next = tokio::select! {
-            next = consumer.next() => next?,
-            // The connection was replaced: this consumer is gone with the old one.
-            _ = current.wait_for(|generation| *generation != receiver.generation) => {
-                guard.consumer = None;
-                return Some(Err(BrokerError::Connection("the connection was replaced; consume again".into())));
+/// The stream of deliveries to start: written out rather than built with `unfold`, which
+/// moved its state and every delivery through a fresh future per item.
+struct Deliveries {
+    guard: Guard,
+    receiver: Arc<Receiver>,
+    /// Ready once the link's connection is no longer this consumer's: made once per
+    /// stream, not once per delivery.
+    replaced: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Stream for Deliveries {
+    type Item = Result<Delivery, BrokerError>;
+
+    /// The next delivery to start; `None` once the consumer is cancelled; an error ends the
+    /// stream (the worker consumes again, on the next connection).
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let receiver = &this.receiver;
+        loop {
+            let Some(consumer) = this.guard.consumer.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let next = match consumer.poll_next_unpin(cx) {
+                Poll::Ready(Some(next)) => next,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    // The connection was replaced: this consumer is gone with the old one.
+                    if this.replaced.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(this.replaced_error())));
+                    }
+                    return Poll::Pending;
+                }
+            };
+            let delivery = match next {
+                Ok(delivery) => delivery,
+                Err(error) => {
+                    this.guard.consumer = None;
+                    tracing::warn!(queue = %receiver.queue, %error, "consumer interrupted; consuming again once the connection is back");
+                    return Poll::Ready(Some(Err(broker_error(error, &receiver.queue))));
+                }
+            };
+            if !receiver.is_live() || !delivery.acker.usable() {
+                // Its connection died while it waited in lapin's buffer: it cannot be acked,
+                // and RabbitMQ redelivers it; starting it would run it twice.
+                tracing::debug!(queue = %receiver.queue, "dropping a delivery of a closed connection");
+                if *receiver.current.borrow() != receiver.generation {
+                    return Poll::Ready(Some(Err(this.replaced_error())));
+                }
+                continue;
             }
-        };
-        let delivery = match next {
-            Ok(delivery) => delivery,
-            Err(error) => {
-                guard.consumer = None;
-                tracing::warn!(queue = %receiver.queue, %error, "consumer interrupted; consuming again once the connection is back");
-                return Some(Err(broker_error(error, &receiver.queue)));
+            // Every delivery read is in the book, so a coalesced ack never reaches past one
+            // whose job (or hop) has not finished.
+            receiver.acks.open(delivery.delivery_tag);
+            let (mut message, attempt) =
+                wire::decode(&delivery.properties, delivery.data, delivery.redelivered);
+            if let Some(remaining) = delay::not_due_yet(&mut message) {
+                tokio::spawn(send_on(
+                    Arc::clone(receiver),
+                    message,
+                    attempt,
+                    remaining,
+                    delivery.acker,
+                    delivery.delivery_tag,
+                ));
+                continue;
             }
-        };
-        if !receiver.is_live() || !delivery.acker.usable() {
-            // Its connection died while it waited in lapin's buffer: it cannot be acked, and
-            // RabbitMQ redelivers it; starting it would run it twice.
-            tracing::debug!(queue = %receiver.queue, "dropping a delivery of a closed connection");
-            continue;
-        }
-        // Every delivery read is in the book, so a coalesced ack never reaches past one
-        // whose job (or hop) has not finished.
-        receiver.acks.open(delivery.delivery_tag);
-        let (mut message, attempt) =
-            wire::decode(&delivery.properties, delivery.data, delivery.redelivered);
-        if let Some(remaining) = delay::not_due_yet(&mut message) {
-            tokio::spawn(send_on(
-                Arc::clone(receiver),
+            let acknowledger = AmqpAcknowledger {
+                acker: delivery.acker,
+                tag: delivery.delivery_tag,
+                settled: std::sync::atomic::AtomicBool::new(false),
+                receiver: Arc::clone(receiver),
+            };
+            return Poll::Ready(Some(Ok(Delivery::new(
                 message,
                 attempt,
-                remaining,
-                delivery.acker,
-                delivery.delivery_tag,
-            ));
-            continue;
+                receiver.queue.clone(),
+                acknowledger,
+            ))));
         }
-        let acknowledger = AmqpAcknowledger {
-            acker: delivery.acker,
-            tag: delivery.delivery_tag,
-            settled: std::sync::atomic::AtomicBool::new(false),
-            receiver: Arc::clone(receiver),
-        };
-        return Some(Ok(Delivery::new(
-            message,
-            attempt,
-            receiver.queue.clone(),
-            acknowledger,
-        )));
+    }
+}
+
+impl Deliveries {
+    fn replaced_error(&mut self) -> BrokerError {
+        self.guard.consumer = None;
+        BrokerError::Connection("the connection was replaced; consume again".into())
     }
 }

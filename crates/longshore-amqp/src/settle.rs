@@ -147,7 +147,13 @@ impl Acknowledger for AmqpAcknowledger {
         attempt: Attempt,
         settlement: Settlement,
     ) -> Result<(), BrokerError> {
-        // On a connection that was replaced, an ack would wait forever: the delivery is gone.
+        // An ack waits for the channel's ack sender, which gives up on a connection that was
+        // replaced; one waiter there, not one per job on the link's generation.
+        if matches!(settlement, Settlement::Ack) {
+            return self.settle_now(message, attempt, settlement).await;
+        }
+        // On a connection that was replaced, anything else would wait forever: the delivery
+        // is gone.
         let mut current = self.receiver.current.clone();
         let generation = self.receiver.generation;
         tokio::select! {

@@ -81,10 +81,37 @@ name_type!(
 );
 
 impl MessageId {
-    /// A fresh, time-ordered id (UUID v7).
+    /// A fresh, time-ordered id (UUID v7: the Unix time in milliseconds, then 74 random
+    /// bits).
+    ///
+    /// The random bits come from a generator per thread, seeded once from the operating
+    /// system's randomness: `Uuid::now_v7` asks the kernel for them (a `getrandom` system
+    /// call) on every id, and every enqueue and every delivery without an id makes one.
     pub fn generate() -> Self {
-        Self::new(uuid::Uuid::now_v7().to_string())
+        thread_local! {
+            static RANDOM: std::cell::RefCell<fastrand::Rng> =
+                std::cell::RefCell::new(fastrand::Rng::with_seed(os_seed()));
+        }
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let mut random = [0u8; 10];
+        RANDOM.with_borrow_mut(|rng| rng.fill(&mut random));
+        let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        Self::new(uuid.hyphenated().encode_lower(&mut text))
     }
+}
+
+/// 64 bits from the operating system's randomness: std's `RandomState` keys (read from the
+/// OS once per thread), mixed with the time and the thread. `fastrand`'s own seed is only
+/// the monotonic clock and the thread id, which processes on many machines can share.
+fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    std::time::SystemTime::now().hash(&mut hasher);
+    std::thread::current().id().hash(&mut hasher);
+    hasher.finish()
 }
 
 impl QueueName {
@@ -149,5 +176,40 @@ mod tests {
     #[test]
     fn generated_ids_are_unique() {
         assert_ne!(MessageId::generate(), MessageId::generate());
+        // Many threads at once, each with its own generator: no id twice.
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    (0..20_000)
+                        .map(|_| MessageId::generate())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all = std::collections::HashSet::new();
+        for thread in threads {
+            for id in thread.join().expect("no panic") {
+                assert!(all.insert(id), "an id came twice");
+            }
+        }
+        assert_eq!(all.len(), 160_000);
+    }
+
+    #[test]
+    fn generated_ids_are_uuid_v7_in_time_order() {
+        let first = MessageId::generate();
+        let parsed = uuid::Uuid::parse_str(first.as_str()).expect("a UUID");
+        assert_eq!(parsed.get_version_num(), 7);
+        assert_eq!(first.as_str(), parsed.hyphenated().to_string());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64;
+        let (seconds, nanos) = parsed.get_timestamp().expect("v7 has a time").to_unix();
+        let millis = seconds * 1000 + u64::from(nanos) / 1_000_000;
+        assert!(now.abs_diff(millis) < 5_000, "{millis} is not now ({now})");
+        // An id made in a later millisecond sorts after.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(MessageId::generate().as_str() > first.as_str());
     }
 }

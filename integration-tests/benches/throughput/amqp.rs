@@ -13,6 +13,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use longshore::{Broker, ENQUEUE_WINDOW, JobError, Producer, QueueName, QueueOptions, Worker};
 
+use super::measure::{cpu_seconds, perf_control};
 use super::{Figure, Noop, noop, print, with_hooks};
 
 /// Publishes no-op job `n` as a plain client would; the confirm is the caller's to await.
@@ -365,6 +366,28 @@ pub(super) fn rounds() -> usize {
         .unwrap_or(3)
 }
 
+/// Runs `run`, profiled when `BENCH_PERF_RUN` names it (`raw-coalesced`, `raw-serial`,
+/// `raw-tasks`, `longshore`; with `BENCH_PERF_CONTROL`); returns its time and the CPU µs
+/// per job of this process and of RabbitMQ while it ran.
+async fn measured(
+    name: &str,
+    jobs: u64,
+    run: impl std::future::Future<Output = Duration>,
+) -> (Duration, [f64; 2]) {
+    let profiled = std::env::var("BENCH_PERF_RUN").is_ok_and(|run| run == name);
+    let before = cpu_seconds(&["throughput", "beam.smp"]);
+    if profiled {
+        perf_control("enable");
+    }
+    let took = run.await;
+    if profiled {
+        perf_control("disable");
+    }
+    let after = cpu_seconds(&["throughput", "beam.smp"]);
+    let per_job = |i: usize| (after[i] - before[i]) * 1e6 / jobs as f64;
+    (took, [per_job(0), per_job(1)])
+}
+
 pub(super) async fn run(jobs: u64) {
     let broker = broker().await;
     let (connection, publisher) = raw_publisher().await;
@@ -384,31 +407,69 @@ pub(super) async fn run(jobs: u64) {
             jobs / 2,
         ),
     ];
+    // `BENCH_AMQP_CASES` picks cases (`100`, `1000`, `io`, `enqueue`; all unless set).
+    let picked = std::env::var("BENCH_AMQP_CASES").unwrap_or_default();
+    let picked = |name: &str| picked.is_empty() || picked.split(',').any(|p| p.trim() == name);
+    let show_cpu = std::env::var("BENCH_CPU").is_ok_and(|v| v == "1");
     for (label, prefetch, concurrency, work, jobs) in cases {
+        let name = if !work.is_zero() {
+            "io".to_string()
+        } else {
+            prefetch.to_string()
+        };
+        if !picked(&name) {
+            continue;
+        }
         let mut best = [Duration::MAX; 4];
         // Each round's longshore time against that round's coalescing raw loop: drift of a
         // shared machine between rounds cancels out of these.
         let mut round_ratios = Vec::new();
-        for _ in 0..rounds() {
+        for number in 1..=rounds() {
             let mut round = [Duration::MAX; 4];
+            let mut cpu = [[0.0; 2]; 4];
             fresh_queue(&broker, &queue, &publisher, jobs).await;
-            round[3] = raw_coalesced(&connection, &queue, jobs, prefetch, work).await;
-            if work.is_zero() {
-                fresh_queue(&broker, &queue, &publisher, jobs).await;
-                round[0] = raw(&connection, &queue, jobs, prefetch, false, work).await;
-            }
-            fresh_queue(&broker, &queue, &publisher, jobs).await;
-            round[1] = raw(&connection, &queue, jobs, prefetch, true, work).await;
-            fresh_queue(&broker, &queue, &publisher, jobs).await;
-            round[2] = with_longshore(
-                &broker,
-                &queue,
+            (round[3], cpu[3]) = measured(
+                "raw-coalesced",
                 jobs,
-                prefetch,
-                concurrency,
-                !work.is_zero(),
+                raw_coalesced(&connection, &queue, jobs, prefetch, work),
             )
             .await;
+            if work.is_zero() {
+                fresh_queue(&broker, &queue, &publisher, jobs).await;
+                (round[0], cpu[0]) = measured(
+                    "raw-serial",
+                    jobs,
+                    raw(&connection, &queue, jobs, prefetch, false, work),
+                )
+                .await;
+            }
+            fresh_queue(&broker, &queue, &publisher, jobs).await;
+            (round[1], cpu[1]) = measured(
+                "raw-tasks",
+                jobs,
+                raw(&connection, &queue, jobs, prefetch, true, work),
+            )
+            .await;
+            fresh_queue(&broker, &queue, &publisher, jobs).await;
+            (round[2], cpu[2]) = measured(
+                "longshore",
+                jobs,
+                with_longshore(
+                    &broker,
+                    &queue,
+                    jobs,
+                    prefetch,
+                    concurrency,
+                    !work.is_zero(),
+                ),
+            )
+            .await;
+            if show_cpu {
+                println!(
+                    "{label} round {number}: CPU µs/job (this process + RabbitMQ): raw coalesced {:.1} + {:.1}, longshore {:.1} + {:.1}",
+                    cpu[3][0], cpu[3][1], cpu[2][0], cpu[2][1]
+                );
+            }
             let raw_round = round[0].min(round[1]).min(round[3]);
             round_ratios.push(raw_round.as_secs_f64() / round[2].as_secs_f64());
             for (best, this) in best.iter_mut().zip(round) {
@@ -456,5 +517,7 @@ pub(super) async fn run(jobs: u64) {
         );
     }
     broker.delete(&queue).await.expect("delete");
-    enqueue_figures(&broker, &publisher, jobs.min(50_000)).await;
+    if picked("enqueue") {
+        enqueue_figures(&broker, &publisher, jobs.min(50_000)).await;
+    }
 }

@@ -170,6 +170,7 @@ async fn memory(jobs: u64) {
 
 mod amqp;
 mod latency;
+mod measure;
 mod rss;
 mod sqs;
 mod status;

@@ -10,9 +10,9 @@ mod shutdown;
 mod stats;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -221,58 +221,51 @@ impl Worker {
             graceful,
             immediate,
         } = self.shutdown.clone();
-        let permits = Arc::new(Semaphore::new(self.concurrency));
-        let tasks = TaskTracker::new();
-        let mut feed = Feed::new(
+        let feed = Arc::new(tokio::sync::Mutex::new(Some(Feed::new(
             Arc::clone(&self.broker),
             self.queue.clone(),
             self.consume.clone(),
             self.health.clone(),
-        );
+        ))));
         for telemetry in &self.telemetry {
             telemetry.worker_started(&self.broker, &self.queue);
         }
         tracing::info!(queue = %self.queue, system = self.shared.system, concurrency = self.concurrency, "worker started");
 
-        // One shutdown future for the whole loop: a fresh one per select would register and
-        // unregister a waiter on the token twice per delivery.
-        let stopping = graceful.cancelled();
-        tokio::pin!(stopping);
-        // A permit first, then a delivery: the worker never holds a delivery it cannot start.
-        loop {
-            let permit = tokio::select! {
-                biased;
-                () = &mut stopping => break,
-                permit = Arc::clone(&permits).acquire_owned() => {
-                    permit.expect("the semaphore is never closed")
-                }
-            };
-            let delivery = tokio::select! {
-                biased;
-                () = &mut stopping => break,
-                delivery = feed.next() => delivery,
-            };
-            let shared = Arc::clone(&self.shared);
-            tasks.spawn(async move {
-                process::process(shared, delivery).await;
-                drop(permit);
-            });
+        // One lane per unit of concurrency, as Sidekiq runs a fixed set of processors: a free
+        // lane takes the next delivery and runs it, so the worker never holds a delivery it
+        // cannot start, and no task is spawned (nor allocated) per job.
+        let lanes = TaskTracker::new();
+        let stopped = Arc::new(AtomicBool::new(false));
+        for _ in 0..self.concurrency {
+            lanes.spawn(lane(
+                Arc::clone(&feed),
+                Arc::clone(&self.shared),
+                graceful.clone(),
+                Arc::clone(&stopped),
+            ));
         }
+        lanes.close();
+        graceful.cancelled().await;
+        stopped.store(true, Ordering::Release);
 
-        // Stop fetching: dropping the feed hands buffered deliveries back to the broker.
-        // Not ready from now on, so a load balancer or autoscaler stops counting on it.
+        // Stop fetching: dropping the feed hands buffered deliveries back to the broker
+        // (lanes let go of it as soon as the stop is asked). Not ready from now on, so a load
+        // balancer or autoscaler stops counting on it.
         self.health.set_stopping();
-        drop(feed);
-        tasks.close();
-        tracing::info!(in_flight = tasks.len(), "draining in-flight jobs");
+        drop(feed.lock().await.take());
+        tracing::info!(
+            in_flight = self.shared.stats.snapshot().in_flight,
+            "draining in-flight jobs"
+        );
         let immediate_stop = tokio::select! {
-            () = tasks.wait() => false,
+            () = lanes.wait() => false,
             () = immediate.cancelled() => true,
             () = tokio::time::sleep(self.shutdown_timeout) => {
-                tracing::warn!(in_flight = tasks.len(), "shutdown timeout passed; releasing unfinished jobs");
+                tracing::warn!(in_flight = self.shared.stats.snapshot().in_flight, "shutdown timeout passed; releasing unfinished jobs");
                 self.shared.deadline.cancel();
                 tokio::select! {
-                    () = tasks.wait() => false,
+                    () = lanes.wait() => false,
                     () = immediate.cancelled() => true,
                 }
             }
@@ -306,6 +299,54 @@ impl Worker {
         }
         tracing::info!(?report, "worker stopped");
         Ok(report)
+    }
+}
+
+/// One lane: takes the next delivery while no stop is asked, runs it to its settlement,
+/// and again. The layer stack settles whatever a job does; a panic that still escapes it
+/// (a bug in longshore) is logged and the lane goes on, so the worker keeps its
+/// concurrency.
+///
+/// `stopped` is set once `stop` is cancelled: a lane reads the flag before each delivery
+/// and polls the token only while it waits, since each poll of the token takes its lock.
+async fn lane(
+    feed: Arc<tokio::sync::Mutex<Option<Feed>>>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    stopped: Arc<AtomicBool>,
+) {
+    use futures_util::FutureExt;
+    // One stop future for the lane's life: a fresh one per delivery would register and
+    // unregister a waiter on the token each time.
+    let stopping = stop.cancelled();
+    tokio::pin!(stopping);
+    loop {
+        if stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let delivery = {
+            let mut feed = tokio::select! {
+                biased;
+                feed = feed.lock() => feed,
+                () = &mut stopping => return,
+            };
+            let Some(feed) = feed.as_mut() else {
+                return;
+            };
+            if stopped.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::select! {
+                biased;
+                delivery = feed.next() => delivery,
+                () = &mut stopping => return,
+            }
+        };
+        let run = std::panic::AssertUnwindSafe(process::process(&shared, delivery));
+        if let Err(panic) = run.catch_unwind().await {
+            let message = crate::job::JobError::panicked("the worker", panic.as_ref());
+            tracing::error!(error = %message, "a job's way through the worker panicked; its delivery goes back to the broker");
+        }
     }
 }
 
@@ -523,6 +564,63 @@ mod tests {
             report.stats.in_flight, 1,
             "the hung job was abandoned to redelivery"
         );
+    }
+
+    /// A panic outside the stack's guards (here a telemetry hook's) ends neither the worker
+    /// nor its only lane: the delivery goes back, runs again, and the next job runs too.
+    #[tokio::test]
+    async fn a_panic_escaping_the_stack_leaves_the_lane_running() {
+        use crate::message::Headers;
+        use crate::telemetry::{JobEvent, Telemetry};
+        use std::sync::atomic::AtomicU32;
+
+        struct PanicsOnce(AtomicU32);
+        impl Telemetry for PanicsOnce {
+            fn continue_trace(&self, _: &tracing::Span, _: &Headers) {}
+            fn inject(&self, _: &tracing::Span, _: &mut Headers) {}
+            fn job_started(&self, _: &JobEvent<'_>) {
+                if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("a hook that fails");
+                }
+            }
+            fn job_finished(&self, _: &JobEvent<'_>, _: &crate::Outcome, _: Duration) {}
+        }
+
+        let broker = Arc::new(MemoryBroker::new());
+        broker
+            .declare(&"q".into(), &QueueOptions::default())
+            .await
+            .unwrap();
+        let producer = crate::Producer::new(broker.clone(), "q");
+        producer.enqueue(&Ping).await.unwrap();
+        producer.enqueue(&Ping).await.unwrap();
+        let hook = Arc::new(PanicsOnce(AtomicU32::new(0)));
+        let worker = Worker::builder(broker.clone(), "q")
+            .handler(plain)
+            .concurrency(1)
+            .telemetry(hook.clone())
+            .build()
+            .unwrap();
+        let (stats, shutdown) = (worker.stats(), worker.shutdown_handle());
+        let running = tokio::spawn(worker.run_until_stopped());
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while stats.snapshot().succeeded < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("both jobs succeed on the one lane");
+        shutdown.shutdown();
+        let report = running.await.unwrap().unwrap();
+        assert_eq!(report.stats.succeeded, 2);
+        assert_eq!(report.stats.abandoned, 1, "the attempt the panic ended");
+        assert_eq!(report.stats.in_flight, 0);
+        assert_eq!(
+            hook.0.load(Ordering::SeqCst),
+            3,
+            "the panicked attempt ran again"
+        );
+        assert!(broker.messages(&"q".into()).unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -35,7 +35,7 @@ pub(crate) struct Shared {
 pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Runs one delivery through the layer stack to its settlement.
-pub(crate) async fn process(shared: Arc<Shared>, delivery: Delivery) {
+pub(crate) async fn process(shared: &Shared, delivery: Delivery) {
     let running = shared.stats.start();
     let message = delivery.message();
     let registration = match shared.registry.get(&message.job) {
