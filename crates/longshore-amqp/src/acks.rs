@@ -22,6 +22,8 @@ use lapin::options::BasicAckOptions;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::receiver::replaced;
+
 /// How long a finished tag waits for the tags below it before it is acked on its own.
 pub(crate) const LINGER: Duration = Duration::from_millis(1);
 
@@ -221,16 +223,11 @@ impl Acks {
 /// The sender task: waits to be woken (or for lingering tags), sends what the book plans.
 /// Ends when the channel has closed or its connection was replaced (the book is closed:
 /// waiting acks hear they were not sent), or nobody else holds the acks.
-async fn send(
-    acks: Arc<Acks>,
-    channel: Channel,
-    mut current: watch::Receiver<u64>,
-    generation: u64,
-) {
+async fn send(acks: Arc<Acks>, channel: Channel, current: watch::Receiver<u64>, generation: u64) {
     tokio::select! {
         () = send_while_open(&acks, &channel) => {}
         // On a connection that was replaced an ack would wait forever: the delivery is gone.
-        _ = current.wait_for(|now| *now != generation) => {}
+        () = replaced(current, generation) => {}
     }
 
     acks.book().close();

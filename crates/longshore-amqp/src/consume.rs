@@ -20,7 +20,7 @@ use longshore_core::{BrokerError, QueueName};
 use crate::acks::Acks;
 use crate::connection::Live;
 use crate::error::broker_error;
-use crate::receiver::Receiver;
+use crate::receiver::{Receiver, replaced};
 use crate::settle::{AmqpAcknowledger, send_on};
 use crate::{DeadLetterTarget, delay, wire};
 
@@ -98,16 +98,13 @@ pub(crate) async fn consume(
         current: current.clone(),
         acks: Acks::start(channel.clone(), current.clone(), generation),
     });
-    let mut current = current;
     Ok(Deliveries {
         guard: Guard {
             channel,
             consumer: Some(consumer),
         },
         receiver,
-        replaced: Box::pin(async move {
-            let _ = current.wait_for(|now| *now != generation).await;
-        }),
+        replaced: Box::pin(replaced(current, generation)),
     }
     .boxed())
 }

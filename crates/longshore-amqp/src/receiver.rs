@@ -36,3 +36,9 @@ impl Receiver {
         *self.current.borrow() == self.generation && self.channel.status().connected()
     }
 }
+
+/// Resolves once the link's connection is no longer the one of `generation` (or the link
+/// is gone): deliveries and acks of that connection will never be answered.
+pub(crate) async fn replaced(mut current: watch::Receiver<u64>, generation: u64) {
+    let _ = current.wait_for(|now| *now != generation).await;
+}

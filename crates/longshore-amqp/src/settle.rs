@@ -17,7 +17,7 @@ use longshore_core::{Attempt, BrokerError};
 
 use crate::error::broker_error;
 use crate::publish::Outgoing;
-use crate::receiver::Receiver;
+use crate::receiver::{Receiver, replaced};
 use crate::wire;
 
 const REQUEUE: BasicNackOptions = BasicNackOptions {
@@ -154,11 +154,10 @@ impl Acknowledger for AmqpAcknowledger {
         }
         // On a connection that was replaced, anything else would wait forever: the delivery
         // is gone.
-        let mut current = self.receiver.current.clone();
-        let generation = self.receiver.generation;
+        let replaced = replaced(self.receiver.current.clone(), self.receiver.generation);
         tokio::select! {
             result = self.settle_now(message, attempt, settlement) => result,
-            _ = current.wait_for(|now| *now != generation) => Err(self.lease_lost(message)),
+            () = replaced => Err(self.lease_lost(message)),
         }
     }
 
