@@ -68,14 +68,16 @@ async fn settled(node: &RabbitNode, queue: &QueueName, connections: usize, consu
 /// waits until a few run.
 async fn wave(producer: &Producer, recorder: &Recorder, first: u32, count: u32) {
     let before = recorder.total_runs();
-    for key in first..first + count {
-        producer
-            .enqueue(&Probe {
-                key,
-                behaviour: Behaviour::Sleep(60),
-            })
-            .await
-            .expect("enqueue");
+    // Pipelined, so the whole wave is queued long before its 7 s of work is done: enqueued
+    // one by one (a confirm round trip each) it could take longer than the work.
+    let probes: Vec<Probe> = (first..first + count)
+        .map(|key| Probe {
+            key,
+            behaviour: Behaviour::Sleep(60),
+        })
+        .collect();
+    for answer in producer.enqueue_many(&probes).await {
+        answer.expect("enqueue");
     }
     eventually(Duration::from_secs(30), "the wave to start", || async {
         if recorder.total_runs() > before + CONCURRENCY {
