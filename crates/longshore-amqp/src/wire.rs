@@ -1,10 +1,12 @@
 //! longshore's wire format on AMQP: message properties and headers to and from [`Message`].
 //!
 //! - body: the job as JSON (`content-type: application/json`), persistent (`delivery-mode 2`);
-//! - `message-id` property and `longshore-message-id` header: the message id;
+//! - `message-id` property: the message id (a `longshore-message-id` header is read too,
+//!   and wins, as older longshore versions and other producers may send it);
 //! - headers (AMQP long strings; integers are accepted too when reading):
 //!   `longshore-job` (required), `longshore-enqueued-at` (Unix ms), `longshore-attempt`
-//!   (1 when absent), `traceparent`/`tracestate`, and any user header.
+//!   (1 when absent, and not sent on a first attempt), `traceparent`/`tracestate`, and any
+//!   user header.
 //!
 //! RabbitMQ's own `x-*` headers (`x-death`, `x-first-death-*`, `x-delivery-count`, ...) are
 //! read for the attempt count and never copied onward, so a retried message carries no
@@ -135,17 +137,32 @@ pub(crate) fn encode(
     attempt: Attempt,
     extra: &[(&str, String)],
 ) -> BasicProperties {
+    // RabbitMQ decodes every header of every publish, so a message carries only what the
+    // `message-id` property and the defaults cannot: the id goes in the property alone, and
+    // the attempt header is left out on a first attempt (absent means 1).
     let mut table = FieldTable::default();
-    for (name, value) in message.wire_headers() {
+    for (name, value) in message.headers.iter() {
         table.insert(
-            ShortString::from(name),
-            AMQPValue::LongString(LongString::from(value)),
+            ShortString::from(name.as_str()),
+            AMQPValue::LongString(LongString::from(value.as_str())),
         );
     }
     table.insert(
-        ShortString::from(ATTEMPT),
-        AMQPValue::LongString(LongString::from(attempt.get().to_string())),
+        ShortString::from(headers::JOB),
+        AMQPValue::LongString(LongString::from(message.job.as_str())),
     );
+    table.insert(
+        ShortString::from(headers::ENQUEUED_AT),
+        AMQPValue::LongString(LongString::from(
+            unix_millis(message.enqueued_at).to_string(),
+        )),
+    );
+    if attempt != Attempt::FIRST {
+        table.insert(
+            ShortString::from(ATTEMPT),
+            AMQPValue::LongString(LongString::from(attempt.get().to_string())),
+        );
+    }
     for (name, value) in extra {
         table.insert(
             ShortString::from(*name),
@@ -214,6 +231,53 @@ mod tests {
             Some("00-abc-def-01")
         );
         assert!(!back.headers.contains_key(ATTEMPT));
+    }
+
+    #[test]
+    fn a_first_attempt_carries_only_the_headers_it_needs() {
+        let message = Message::new("resize", b"{}".to_vec());
+        let names = |attempt| -> Vec<String> {
+            let properties = encode(&message, attempt, &[]);
+            let table = properties.headers().clone().expect("headers");
+            table.inner().keys().map(|name| name.to_string()).collect()
+        };
+        // The id is in the `message-id` property; the attempt header only from attempt 2.
+        assert_eq!(names(Attempt::FIRST), [headers::ENQUEUED_AT, headers::JOB]);
+        assert_eq!(
+            names(Attempt::new(2)),
+            [ATTEMPT, headers::ENQUEUED_AT, headers::JOB]
+        );
+        let properties = encode(&message, Attempt::FIRST, &[]);
+        assert_eq!(
+            properties.message_id().as_ref().map(ShortString::as_str),
+            Some(message.id.as_str())
+        );
+        let (back, attempt) = decode(&properties, message.body.clone(), false);
+        assert_eq!(
+            (back.id, back.job, attempt),
+            (message.id, message.job, Attempt::FIRST)
+        );
+        assert_eq!(
+            unix_millis(back.enqueued_at),
+            unix_millis(message.enqueued_at)
+        );
+        assert!(back.headers.is_empty(), "{:?}", back.headers);
+    }
+
+    #[test]
+    fn an_id_header_wins_over_the_property() {
+        let mut table = FieldTable::default();
+        table.insert(headers::JOB.into(), AMQPValue::LongString("resize".into()));
+        table.insert(
+            headers::MESSAGE_ID.into(),
+            AMQPValue::LongString("from-header".into()),
+        );
+        let properties = BasicProperties::default()
+            .with_headers(table)
+            .with_message_id("from-property".into());
+        let (message, _) = decode(&properties, b"{}".to_vec(), false);
+        assert_eq!(message.id.as_str(), "from-header");
+        assert!(message.headers.is_empty(), "{:?}", message.headers);
     }
 
     #[test]
