@@ -267,40 +267,66 @@ async fn raw_windowed_publish(
 }
 
 /// Enqueue throughput: a raw windowed confirm publish, longshore's `enqueue_many`, and one
-/// caller awaiting each `enqueue` in turn; interleaved, best of three.
+/// caller awaiting each `enqueue` in turn; interleaved for `BENCH_ROUNDS` rounds, best of
+/// each, with each round's `enqueue_many` against that round's raw publish (and, with
+/// `BENCH_CPU=1`, the CPU µs per job of this process and of RabbitMQ).
 async fn enqueue_figures(broker: &Arc<dyn Broker>, publisher: &Channel, jobs: u64) {
     let queue = QueueName::new("longshore-bench-enqueue");
     let producer = Producer::new(Arc::clone(broker), queue.clone());
     let noops: Vec<Noop> = (0..jobs).map(|n| Noop { n }).collect();
     let serial_jobs = (jobs / 10).max(1);
+    let show_cpu = std::env::var("BENCH_CPU").is_ok_and(|v| v == "1");
     let mut best = [Duration::MAX; 3];
-    for _ in 0..3 {
-        for (index, best) in best.iter_mut().enumerate() {
+    let mut round_ratios = Vec::new();
+    for number in 1..=rounds() {
+        let mut round = [Duration::MAX; 3];
+        let mut cpu = [[0.0; 2]; 3];
+        for index in 0..3 {
             broker.delete(&queue).await.expect("delete");
             broker
                 .declare(&queue, &QueueOptions::default())
                 .await
                 .expect("declare");
-            let start = Instant::now();
-            match index {
+            (round[index], cpu[index]) = match index {
                 0 => {
-                    let took =
-                        raw_windowed_publish(publisher, queue.as_str(), jobs, ENQUEUE_WINDOW).await;
-                    *best = (*best).min(took);
-                    continue;
+                    measured(
+                        "raw-publish",
+                        jobs,
+                        raw_windowed_publish(publisher, queue.as_str(), jobs, ENQUEUE_WINDOW),
+                    )
+                    .await
                 }
                 1 => {
-                    for answer in producer.enqueue_many(&noops).await {
-                        answer.expect("enqueued");
-                    }
+                    measured("enqueue-many", jobs, async {
+                        let start = Instant::now();
+                        for answer in producer.enqueue_many(&noops).await {
+                            answer.expect("enqueued");
+                        }
+                        start.elapsed()
+                    })
+                    .await
                 }
                 _ => {
-                    for job in &noops[..serial_jobs as usize] {
-                        producer.enqueue(job).await.expect("enqueued");
-                    }
+                    measured("enqueue", serial_jobs, async {
+                        let start = Instant::now();
+                        for job in &noops[..serial_jobs as usize] {
+                            producer.enqueue(job).await.expect("enqueued");
+                        }
+                        start.elapsed()
+                    })
+                    .await
                 }
-            }
-            *best = (*best).min(start.elapsed());
+            };
+        }
+        if show_cpu {
+            println!(
+                "enqueue round {number}: CPU µs/job (this process + RabbitMQ): raw publish {:.1} + {:.1}, enqueue_many {:.1} + {:.1}",
+                cpu[0][0], cpu[0][1], cpu[1][0], cpu[1][1]
+            );
+        }
+        round_ratios.push(round[0].as_secs_f64() / round[1].as_secs_f64());
+        for (best, this) in best.iter_mut().zip(round) {
+            *best = (*best).min(this);
         }
     }
     let figures = [
@@ -323,7 +349,22 @@ async fn enqueue_figures(broker: &Arc<dyn Broker>, publisher: &Channel, jobs: u6
         },
     ];
     print(&figures, &figures[0]);
+    print_round_ratios("enqueue_many against the raw publish", round_ratios);
     broker.delete(&queue).await.expect("delete");
+}
+
+/// Prints each round's ratio, lowest first, and their median.
+fn print_round_ratios(what: &str, mut ratios: Vec<f64>) {
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "{what}, round by round: {} (median {:.0}%)",
+        ratios
+            .iter()
+            .map(|ratio| format!("{:.0}%", ratio * 100.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ratios[ratios.len() / 2] * 100.0
+    );
 }
 
 /// Best of three longshore runs on RabbitMQ: (no-op at prefetch 100, 5 ms I/O).
@@ -367,7 +408,8 @@ pub(super) fn rounds() -> usize {
 }
 
 /// Runs `run`, profiled when `BENCH_PERF_RUN` names it (`raw-coalesced`, `raw-serial`,
-/// `raw-tasks`, `longshore`; with `BENCH_PERF_CONTROL`); returns its time and the CPU µs
+/// `raw-tasks`, `longshore`, `raw-publish`, `enqueue-many`, `enqueue`; with
+/// `BENCH_PERF_CONTROL`); returns its time and the CPU µs
 /// per job of this process and of RabbitMQ while it ran.
 async fn measured(
     name: &str,
@@ -505,16 +547,7 @@ pub(super) async fn run(jobs: u64) {
             .min_by_key(|figure| figure.elapsed)
             .expect("raw loops ran");
         print(&figures, raw_best);
-        round_ratios.sort_by(f64::total_cmp);
-        println!(
-            "longshore against the best raw loop, round by round: {} (median {:.0}%)",
-            round_ratios
-                .iter()
-                .map(|ratio| format!("{:.0}%", ratio * 100.0))
-                .collect::<Vec<_>>()
-                .join(", "),
-            round_ratios[round_ratios.len() / 2] * 100.0
-        );
+        print_round_ratios("longshore against the best raw loop", round_ratios);
     }
     broker.delete(&queue).await.expect("delete");
     if picked("enqueue") {
