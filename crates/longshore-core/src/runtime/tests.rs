@@ -7,6 +7,17 @@ use crate::job::{Job, JobError};
 use crate::memory::MemoryBroker;
 use crate::scope::Dep;
 
+/// Waits until `done` holds, for up to 10 s; past that the test fails with `what`.
+async fn within_10s(what: &str, done: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect(what);
+}
+
 #[derive(Serialize, Deserialize)]
 struct Ping;
 impl Job for Ping {
@@ -229,13 +240,10 @@ async fn a_panic_escaping_the_stack_leaves_the_lane_running() {
         .unwrap();
     let (stats, shutdown) = (worker.stats(), worker.shutdown_handle());
     let running = tokio::spawn(worker.run_until_stopped());
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while stats.snapshot().succeeded < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    within_10s("both jobs succeed on the one lane", || {
+        stats.snapshot().succeeded >= 2
     })
-    .await
-    .expect("both jobs succeed on the one lane");
+    .await;
     shutdown.shutdown();
     let report = running.await.unwrap().unwrap();
     assert_eq!(report.stats.succeeded, 2);
@@ -280,13 +288,7 @@ async fn busy_jobs_run_on_every_runtime_thread_at_once() {
     let running = tokio::spawn(worker.run_until_stopped());
     // The jobs arrive while both lanes wait: one on the feed, the other for it, so
     // each job is handed from lane to lane.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !health.is_ready() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the worker consumes");
+    within_10s("the worker consumes", || health.is_ready()).await;
     let producer = crate::Producer::new(broker.clone(), "q");
     for answer in producer
         .enqueue_many(&[Ping, Ping, Ping, Ping, Ping, Ping])
@@ -294,13 +296,7 @@ async fn busy_jobs_run_on_every_runtime_thread_at_once() {
     {
         answer.unwrap();
     }
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while stats.snapshot().succeeded < 6 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the six jobs succeed");
+    within_10s("the six jobs succeed", || stats.snapshot().succeeded >= 6).await;
     shutdown.shutdown();
     running.await.unwrap().unwrap();
     // Side by side, the six jobs run as three pairs (or overlap more); one after the
