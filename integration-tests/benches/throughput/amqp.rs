@@ -13,7 +13,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use longshore::{Broker, ENQUEUE_WINDOW, JobError, Producer, QueueName, QueueOptions, Worker};
 
-use super::measure::{cpu_seconds, perf_control};
+use super::measure::{cpu_seconds, median, perf_control};
 use super::{Figure, Noop, noop, print, with_hooks};
 
 /// Publishes no-op job `n` as a plain client would; the confirm is the caller's to await.
@@ -355,7 +355,7 @@ async fn enqueue_figures(broker: &Arc<dyn Broker>, publisher: &Channel, jobs: u6
 
 /// Prints each round's ratio, lowest first, and their median.
 fn print_round_ratios(what: &str, mut ratios: Vec<f64>) {
-    ratios.sort_by(f64::total_cmp);
+    let median = median(&mut ratios);
     println!(
         "{what}, round by round: {} (median {:.0}%)",
         ratios
@@ -363,7 +363,7 @@ fn print_round_ratios(what: &str, mut ratios: Vec<f64>) {
             .map(|ratio| format!("{:.0}%", ratio * 100.0))
             .collect::<Vec<_>>()
             .join(", "),
-        ratios[ratios.len() / 2] * 100.0
+        median * 100.0
     );
 }
 
@@ -512,6 +512,10 @@ pub(super) async fn run(jobs: u64) {
                     cpu[3][0], cpu[3][1], cpu[2][0], cpu[2][1]
                 );
             }
+            eprintln!(
+                "ROUND {label} {number}: serial {:?} tasks {:?} coalesced {:?} longshore {:?}",
+                round[0], round[1], round[3], round[2]
+            );
             let raw_round = round[0].min(round[1]).min(round[3]);
             round_ratios.push(raw_round.as_secs_f64() / round[2].as_secs_f64());
             for (best, this) in best.iter_mut().zip(round) {

@@ -173,9 +173,8 @@ pub(super) async fn run(seconds: u64) {
     }
     broker.delete(&queue).await.expect("delete");
     let median = |all: &mut Vec<(u64, u64)>, pick: fn(&(u64, u64)) -> u64| {
-        let mut values: Vec<u64> = all.iter().map(pick).collect();
-        values.sort_unstable();
-        values[values.len() / 2] as f64 / 1e3
+        let mut values: Vec<f64> = all.iter().map(|figures| pick(figures) as f64).collect();
+        super::measure::median(&mut values) / 1e3
     };
     println!(
         "\nenqueue→start latency on RabbitMQ at {RATE} jobs/s, {jobs} jobs a round, median of 3 rounds"

@@ -45,3 +45,15 @@ pub(super) fn cpu_seconds(names: &[&str]) -> Vec<f64> {
     }
     totals
 }
+
+/// The median of `values` (sorted in place): the mean of the two middle ones when their
+/// count is even.
+pub(super) fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
+}

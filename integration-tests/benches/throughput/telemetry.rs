@@ -120,10 +120,9 @@ pub(super) fn telemetry() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    added.sort_by(f64::total_cmp);
     println!(
         "memory broker, OTLP export over logs only: median of the rounds {:+.2} µs/job",
-        added[added.len() / 2]
+        super::measure::median(&mut added)
     );
     for (at, label) in labels.into_iter().enumerate() {
         let median = |mode: usize| {
