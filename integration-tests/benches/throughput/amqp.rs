@@ -512,10 +512,6 @@ pub(super) async fn run(jobs: u64) {
                     cpu[3][0], cpu[3][1], cpu[2][0], cpu[2][1]
                 );
             }
-            eprintln!(
-                "ROUND {label} {number}: serial {:?} tasks {:?} coalesced {:?} longshore {:?}",
-                round[0], round[1], round[3], round[2]
-            );
             let raw_round = round[0].min(round[1]).min(round[3]);
             round_ratios.push(raw_round.as_secs_f64() / round[2].as_secs_f64());
             for (best, this) in best.iter_mut().zip(round) {
