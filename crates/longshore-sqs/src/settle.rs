@@ -82,6 +82,13 @@ impl SqsAcknowledger {
         }
     }
 
+    /// This delivery handed back to SQS, for the FIFO gate.
+    fn returned(&self) -> Ended {
+        Ended::Returned {
+            sqs_id: self.sqs_id.clone(),
+        }
+    }
+
     fn held(&self, message_id: &MessageId) -> Result<(), BrokerError> {
         if Instant::now() >= *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) {
             return Err(BrokerError::LeaseLost {
@@ -200,7 +207,7 @@ impl Acknowledger for SqsAcknowledger {
         };
         let how = match &settlement {
             Settlement::Ack | Settlement::DeadLetter { .. } => Ended::Done,
-            Settlement::Release => Ended::Returned,
+            Settlement::Release => self.returned(),
             Settlement::Retry { delay } => Ended::Retried {
                 until: Instant::now() + *delay,
                 sqs_id: self.sqs_id.clone(),
@@ -208,7 +215,7 @@ impl Acknowledger for SqsAcknowledger {
         };
         let result = self.settle_now(message, attempt, settlement).await;
         // A failed settlement leaves the message to come back from SQS: the group restarts.
-        self.end(if result.is_ok() { how } else { Ended::Returned });
+        self.end(if result.is_ok() { how } else { self.returned() });
         result
     }
 
@@ -246,7 +253,7 @@ impl Drop for SqsAcknowledger {
                 }
             });
         }
-        self.end(Ended::Returned);
+        self.end(self.returned());
     }
 }
 
@@ -284,5 +291,5 @@ pub(crate) async fn hand_back(acknowledger: SqsAcknowledger) {
     if let Err(error) = acknowledger.change_visibility(&message_id, 0).await {
         tracing::debug!(%error, "could not hand back a message; it comes back after its visibility timeout");
     }
-    acknowledger.end(Ended::Returned);
+    acknowledger.end(acknowledger.returned());
 }
