@@ -5,8 +5,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
-
 use integration_tests::conformance::{await_settled, await_worker, cleanup};
 use integration_tests::harness::{Harness, Running, Timing, sqs_broker, unique_queue};
 use longshore::{
@@ -14,6 +12,7 @@ use longshore::{
     Worker,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 #[derive(Serialize, Deserialize)]
 struct Step {
@@ -145,7 +144,7 @@ async fn held_first(job: Step, hold: Dep<Hold>, ctx: JobContext) -> Result<(), J
     Ok(())
 }
 
-/// Seen in CI: step 2 was received with step 1 and held; step 1 failed, so step 2 went back
+/// The pattern behind a CI failure: step 2 was received with step 1 and held; step 1 failed, so step 2 went back
 /// to SQS with it. Steps 3 and 4 were sent while step 1 ran. Once step 1's retry was due,
 /// LocalStack handed out 1, 3 and 4 while step 2 was still invisible, and 3 and 4 ran first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
